@@ -1,0 +1,321 @@
+"""This node's live connections, grouped by topic, fed from the broker.
+
+Topics: `c:<conversation_id>` (timeline events, receipts, typing, deliveries),
+`u:<user_id>` (frames for one user: a conversation they were added to) and
+`s:<session_id>` (the end of one login session: its sockets close).
+
+Per conversation, a node delivers events in `seq` order: an event that arrives
+ahead of a missing one waits while the node reads the gap from storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from realtime.broker import Broker
+from realtime.protocol import (
+    CLOSE_RESYNC,
+    Codec,
+    pack,
+    unpack,
+)
+
+log = logging.getLogger("bloomtext.hub")
+
+SendFn = Callable[[bytes | str], Awaitable[None]]
+CloseFn = Callable[[int, str], Awaitable[None]]
+# Reads events (after, before) exclusive of both ends from storage, in seq order.
+GapReader = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
+
+
+def conversation_topic(conversation_id: str) -> str:
+    return "c:" + conversation_id
+
+
+def user_topic(user_id: str) -> str:
+    return "u:" + user_id
+
+
+def session_topic(session_id: str) -> str:
+    return "s:" + session_id
+
+
+class Envelope:
+    """One frame on its way to this node's sockets, encoded at most once per codec."""
+
+    __slots__ = ("frame", "skip_user", "_encoded")
+
+    def __init__(self, frame: dict[str, Any], skip_user: str | None = None) -> None:
+        self.frame = frame
+        self.skip_user = skip_user
+        self._encoded: dict[str, bytes] = {}
+
+    def encoded(self, codec: Codec) -> bytes:
+        data = self._encoded.get(codec.name)
+        if data is None:
+            data = self._encoded[codec.name] = codec.encode(self.frame)
+        return data
+
+
+class Connection:
+    """One authenticated socket. Frames queue here; one writer task drains them.
+
+    The queue is bounded: a socket that falls `max_queue` frames behind is closed with
+    4008 (reconnect and `sync`) rather than buffered without limit.
+    """
+
+    __slots__ = (
+        "user_id",
+        "session_id",
+        "codec",
+        "topics",
+        "state",
+        "_send",
+        "_close",
+        "_queue",
+        "_wake",
+        "_writer",
+        "_max_queue",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        codec: Codec,
+        send: SendFn,
+        close: CloseFn,
+        max_queue: int,
+        state: Any = None,
+    ) -> None:
+        self.user_id = user_id
+        self.session_id = session_id
+        self.codec = codec
+        self.topics: set[str] = set()
+        self.state = state  # the server's own per-socket data (session expiry)
+        self._send = send
+        self._close = close
+        self._queue: deque[bytes | str] = deque()
+        self._wake = asyncio.Event()
+        self._max_queue = max_queue
+        self.closed = False
+        self._writer = asyncio.create_task(self._drain())
+
+    def push(self, data: bytes | str) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self._max_queue:
+            self.close_soon(CLOSE_RESYNC, "too far behind: reconnect and sync")
+            return
+        self._queue.append(data)
+        self._wake.set()
+
+    def push_frame(self, frame: dict[str, Any]) -> None:
+        self.push(self.codec.encode(frame))
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Stop sending and close the socket from a task (safe from sync callbacks)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        self._wake.set()
+        asyncio.get_running_loop().create_task(self._close_quietly(code, reason))
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            await self._close(code, reason)
+        except Exception:  # the peer may be gone already
+            pass
+
+    async def _drain(self) -> None:
+        queue, wake, send = self._queue, self._wake, self._send
+        try:
+            while True:
+                if not queue:
+                    if self.closed:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                await send(queue.popleft())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The socket is gone; the reader side notices and unregisters us.
+            self.closed = True
+            queue.clear()
+
+    async def stop(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        self._writer.cancel()
+        try:
+            await self._writer
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+class _Topic:
+    __slots__ = ("conns", "last_seq", "pending", "filling")
+
+    def __init__(self, last_seq: int | None) -> None:
+        self.conns: set[Connection] = set()
+        self.last_seq = last_seq
+        self.pending: list[Envelope] = []
+        self.filling = False
+
+
+class Hub:
+    def __init__(self, broker: Broker, read_gap: GapReader) -> None:
+        self._broker = broker
+        self._read_gap = read_gap
+        self._topics: dict[str, _Topic] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.connections: set[Connection] = set()
+        broker.set_handler(self._on_message)
+
+    # -- membership -------------------------------------------------------------
+
+    async def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        await self.join(conn, user_topic(conn.user_id))
+        await self.join(conn, session_topic(conn.session_id))
+
+    async def unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        for topic in list(conn.topics):
+            await self.leave(conn, topic)
+        await conn.stop()
+
+    async def join(self, conn: Connection, topic: str, last_seq: int | None = None) -> None:
+        """Add `conn` to `topic`. `last_seq` is the newest seq the caller knows is stored."""
+        state = self._topics.get(topic)
+        if state is None:
+            # Subscribing may wait on the network; one subscribe per topic per node.
+            lock = self._locks.setdefault(topic, asyncio.Lock())
+            async with lock:
+                state = self._topics.get(topic)
+                if state is None:
+                    await self._broker.subscribe(topic)
+                    state = self._topics[topic] = _Topic(last_seq)
+        elif last_seq is not None and state.last_seq is None:
+            state.last_seq = last_seq
+        state.conns.add(conn)
+        conn.topics.add(topic)
+
+    async def leave(self, conn: Connection, topic: str) -> None:
+        conn.topics.discard(topic)
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        state.conns.discard(conn)
+        if not state.conns:
+            lock = self._locks.setdefault(topic, asyncio.Lock())
+            async with lock:
+                if not state.conns and self._topics.get(topic) is state:
+                    del self._topics[topic]
+                    self._locks.pop(topic, None)
+                    try:
+                        await self._broker.unsubscribe(topic)
+                    except Exception:
+                        log.warning("unsubscribe from %s failed", topic)
+
+    def topic_count(self) -> int:
+        return len(self._topics)
+
+    # -- publishing -------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, frame: dict[str, Any], *, skip_user: str | None = None
+    ) -> None:
+        """Send a frame to every socket on `topic`, on every node. May be lost."""
+        await self._broker.publish(topic, pack((skip_user, frame)))
+
+    # -- receiving --------------------------------------------------------------
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        state = self._topics.get(topic)
+        if state is None:
+            return
+        try:
+            skip_user, frame = unpack(data)
+        except Exception:
+            log.warning("dropped an undecodable broker message on %s", topic)
+            return
+        env = Envelope(frame, skip_user)
+        kind = frame.get("type")
+        if kind == "event":
+            self._on_event(topic, state, env)
+        elif kind == "conversation":
+            asyncio.get_running_loop().create_task(self._add_to_conversation(state, env))
+        elif kind == "close":
+            for conn in list(state.conns):
+                conn.close_soon(frame.get("code", 4001), frame.get("reason", ""))
+        else:
+            self._deliver(state, env)
+
+    def _deliver(self, state: _Topic, env: Envelope) -> None:
+        skip = env.skip_user
+        for conn in state.conns:
+            if conn.user_id != skip:
+                conn.push(env.encoded(conn.codec))
+
+    def _on_event(self, topic: str, state: _Topic, env: Envelope) -> None:
+        seq = env.frame["event"]["seq"]
+        if state.filling:
+            state.pending.append(env)
+        elif state.last_seq is None or seq == state.last_seq + 1:
+            state.last_seq = seq
+            self._deliver(state, env)
+        elif seq > state.last_seq:
+            state.filling = True
+            state.pending.append(env)
+            asyncio.get_running_loop().create_task(self._fill(topic, state))
+        # else: already delivered (a repeat, or read from storage while filling a gap)
+
+    async def _fill(self, topic: str, state: _Topic) -> None:
+        conversation_id = topic[2:]
+        try:
+            while state.pending:
+                state.pending.sort(key=lambda e: e.frame["event"]["seq"])
+                env = state.pending.pop(0)
+                seq = env.frame["event"]["seq"]
+                last = state.last_seq or 0
+                if seq <= last:
+                    continue
+                if seq > last + 1:
+                    try:
+                        missing = await self._read_gap(conversation_id, last, seq)
+                    except Exception:
+                        log.warning("could not read a gap in %s; clients will sync", topic)
+                        missing = []
+                    for event in missing:
+                        if event["seq"] == (state.last_seq or 0) + 1:
+                            state.last_seq = event["seq"]
+                            self._deliver(state, Envelope({"type": "event", "event": event}))
+                state.last_seq = seq
+                self._deliver(state, env)
+        finally:
+            state.filling = False
+
+    async def _add_to_conversation(self, state: _Topic, env: Envelope) -> None:
+        """A user was added to a conversation: their sockets join its topic, then hear of it."""
+        conversation = env.frame["conversation"]
+        topic = conversation_topic(conversation["id"])
+        for conn in list(state.conns):
+            if conn.closed:
+                continue
+            await self.join(conn, topic, conversation.get("last_seq", 0))
+            conn.push(env.encoded(conn.codec))
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close_soon(1001, "server shutting down")
+        self.connections.clear()

@@ -1,0 +1,146 @@
+"""The websocket frame catalogue and its two codecs (JSON text, msgpack binary).
+
+Client frames are typed msgspec Structs, validated at the edge; server frames are
+plain maps built once per event and encoded once per codec, however many sockets
+receive them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+SUBPROTOCOL_JSON = "bloomtext.v1.json"
+SUBPROTOCOL_MSGPACK = "bloomtext.v1.msgpack"
+SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
+
+# Close codes (4000-4999 are the application's own).
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_RESYNC = 4008  # the socket fell too far behind: reconnect and `sync`
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_GOING_AWAY = 1001
+
+Ref = Annotated[str | int, msgspec.Meta(description="echoed on the reply")] | None
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
+    ref: Ref = None
+
+
+class Auth(Frame, tag="auth"):
+    token: str | None = None
+    ticket: str | None = None
+
+
+class Send(Frame, tag="send"):
+    conversation_id: Id = ""
+    client_id: ClientId = ""
+    body: Body = ""
+
+
+class Read(Frame, tag="read"):
+    conversation_id: Id = ""
+    seq: Seq = 0
+
+
+class Typing(Frame, tag="typing"):
+    conversation_id: Id = ""
+
+
+class Sync(Frame, tag="sync"):
+    since: dict[Id, Seq] = {}
+
+
+class Ping(Frame, tag="ping"):
+    pass
+
+
+ClientFrame = Auth | Send | Read | Typing | Sync | Ping
+CLIENT_FRAME_TYPES = {"auth", "send", "read", "typing", "sync", "ping"}
+# Fields a frame must carry (msgspec defaults keep decoding cheap; absence is checked here).
+REQUIRED_FIELDS: dict[type, tuple[str, ...]] = {
+    Send: ("conversation_id", "client_id", "body"),
+    Read: ("conversation_id", "seq"),
+    Typing: ("conversation_id",),
+    Sync: ("since",),
+}
+
+
+class FrameError(Exception):
+    """A frame that cannot be understood; answered with an `error` frame, socket kept."""
+
+    def __init__(self, code: str, message: str, ref: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class Codec:
+    """Encode and decode one subprotocol's frames."""
+
+    name: str
+    binary: bool
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.binary = name == SUBPROTOCOL_MSGPACK
+        if self.binary:
+            self._decoder = msgspec.msgpack.Decoder(ClientFrame)
+            self._raw = msgspec.msgpack.Decoder()
+            self.encode = msgspec.msgpack.Encoder().encode
+        else:
+            self._decoder = msgspec.json.Decoder(ClientFrame)
+            self._raw = msgspec.json.Decoder()
+            self.encode = msgspec.json.Encoder().encode
+
+    def decode(self, data: bytes | str) -> ClientFrame:
+        try:
+            frame = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise self._explain(data, exc) from None
+        except msgspec.DecodeError:
+            raise FrameError("invalid", "frame is not valid " + self.kind) from None
+        for field in REQUIRED_FIELDS.get(type(frame), ()):
+            if not getattr(frame, field) and getattr(frame, field) != 0:
+                raise FrameError("invalid", f"missing field `{field}`", frame.ref)
+        return frame
+
+    @property
+    def kind(self) -> str:
+        return "msgpack" if self.binary else "JSON"
+
+    def _explain(self, data: bytes | str, exc: msgspec.ValidationError) -> FrameError:
+        ref = None
+        try:
+            raw = self._raw.decode(data)
+        except msgspec.DecodeError:
+            return FrameError("invalid", "frame is not valid " + self.kind)
+        if not isinstance(raw, dict):
+            return FrameError("invalid", "a frame is an object with a `type`")
+        ref = raw.get("ref") if isinstance(raw.get("ref"), str | int) else None
+        kind = raw.get("type")
+        if kind not in CLIENT_FRAME_TYPES:
+            return FrameError("invalid", f"unknown frame type {kind!r}", ref)
+        return FrameError("invalid", str(exc), ref)
+
+
+CODECS = {name: Codec(name) for name in SUBPROTOCOLS}
+
+
+def error_frame(code: str, message: str, ref: Any = None) -> dict[str, Any]:
+    return {"type": "error", "ref": ref, "code": code, "message": message}
+
+
+# Payloads travel between nodes msgpack-encoded, whatever the clients speak.
+pack = msgspec.msgpack.Encoder().encode
+unpack = msgspec.msgpack.Decoder().decode
+LiteralFrameType = Literal[
+    "ready", "ack", "event", "receipt", "typing", "delivery", "conversation", "synced", "pong"
+]

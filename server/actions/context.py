@@ -1,0 +1,49 @@
+"""What every action receives: the node's services and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from realtime.hub import Hub
+from server.auth import LoginLimiter
+from server.config import Settings
+from storage.models import User
+
+if TYPE_CHECKING:
+    from server.actions.messages import SendBatcher
+
+# Called after a batch of events is committed (before fan-out): the seam where the
+# outbox for SMS and email will queue deliveries. Must not raise.
+AfterStoreHook = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    hub: Hub
+    login_limiter: LoginLimiter
+    batcher: SendBatcher | None = None
+    after_store: list[AfterStoreHook] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The caller of an action: a user, through one login session (or bot key)."""
+
+    user: User
+    session_id: str
+    expires_at: float | None = None  # absolute end of the session (epoch seconds)
+
+    @property
+    def id(self) -> str:
+        return self.user.id
+
+    @property
+    def org_id(self) -> str:
+        return self.user.org_id  # type: ignore[attr-defined]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.kind == "member" and self.user.role == "admin"

@@ -1,0 +1,253 @@
+"""Conversations: creating, listing, reading the timeline, receipts, typing, sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise.transactions import in_transaction
+
+from realtime.hub import conversation_topic, user_topic
+from server.actions.context import Actor, Services
+from server.actions.views import conversation_view, event_view, participant_view
+from server.errors import ApiError, invalid, not_found
+from server.ids import iso, new_id, utcnow
+from storage.models import Conversation, Event, Participant, User
+
+SYNC_LIMIT = 1000  # events per conversation per `sync` call (the contract's bound)
+
+
+async def membership(actor: Actor, conversation_id: str) -> Participant:
+    """The caller's place in a conversation; 404 when they are not in it (or it is elsewhere)."""
+    participant = await Participant.get_or_none(
+        conversation_id=conversation_id, user_id=actor.id
+    )
+    if participant is None:
+        raise not_found("conversation")
+    return participant
+
+
+async def _resolve_targets(actor: Actor, targets: list[dict[str, Any]]) -> list[User]:
+    user_ids: list[str] = []
+    emails: list[str] = []
+    for i, target in enumerate(targets):
+        if "user_id" in target and isinstance(target["user_id"], str):
+            user_ids.append(target["user_id"])
+        elif "email" in target and isinstance(target["email"], str):
+            emails.append(target["email"].strip().lower())
+        elif "patient_id" in target or "patient" in target:
+            raise ApiError(
+                "invalid",
+                "patient conversations are not available on this server yet",
+                {"fields": {f"to[{i}]": "patient targets are not supported yet"}},
+            )
+        else:
+            raise invalid("each target names a user_id or an email", **{f"to[{i}]": "unknown"})
+    users: list[User] = []
+    if user_ids:
+        found = await User.filter(id__in=user_ids, org_id=actor.org_id, active=True)
+        missing = set(user_ids) - {u.id for u in found}
+        if missing:
+            # Users of other organisations are not revealed: same answer as unknown ids.
+            raise ApiError("not_found", "user not found", {"user_ids": sorted(missing)})
+        users.extend(found)
+    if emails:
+        found = await User.filter(email__in=emails, org_id=actor.org_id, active=True)
+        missing = set(emails) - {u.email for u in found}
+        if missing:
+            raise ApiError(
+                "invalid",
+                "no member has this email; inviting people from other organisations "
+                "is not available on this server yet",
+                {"fields": {"to": "unknown email"}, "emails": sorted(missing)},
+            )
+        users.extend(found)
+    if any(u.kind == "patient" for u in users):
+        raise invalid("patients are addressed with patient_id", to="patient")
+    return users
+
+
+async def create_conversation(
+    svc: Services, actor: Actor, *, to: list[dict[str, Any]], subject: str | None
+) -> dict[str, Any]:
+    if actor.user.kind not in ("member", "bot"):
+        raise ApiError("forbidden", "only members of an organisation may start conversations")
+    if not to:
+        raise invalid("name at least one participant", to="empty")
+    others = await _resolve_targets(actor, to)
+    people: dict[str, User] = {actor.id: actor.user}
+    for user in others:
+        people.setdefault(user.id, user)
+    now = utcnow()
+    async with in_transaction():
+        conversation = await Conversation.create(
+            id=new_id("cv"),
+            org_id=actor.org_id,
+            kind="internal",
+            subject=(subject or "").strip() or None,
+            created_by_id=actor.id,
+            created_at=now,
+            updated_at=now,
+        )
+        participants = [
+            Participant(
+                conversation=conversation, user_id=user.id, kind=user.kind, joined_at=now
+            )
+            for user in people.values()
+        ]
+        await Participant.bulk_create(participants)
+    views = [participant_view(p, people[p.user_id]) for p in participants]  # type: ignore[attr-defined]
+    for user in people.values():
+        await svc.hub.publish(
+            user_topic(user.id),
+            {"type": "conversation", "conversation": conversation_view(conversation, views, 0)},
+        )
+    return conversation_view(conversation, views, 0)
+
+
+async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[str, Any]]:
+    if not conversations:
+        return []
+    ids = [c.id for c in conversations]
+    rows = await Participant.filter(conversation_id__in=ids).select_related("user")
+    by_conversation: dict[str, list[Participant]] = {}
+    for row in rows:
+        by_conversation.setdefault(row.conversation_id, []).append(row)  # type: ignore[attr-defined]
+    views = []
+    for conversation in conversations:
+        members = by_conversation.get(conversation.id, [])
+        mine = next((p.read_seq for p in members if p.user_id == actor.id), 0)  # type: ignore[attr-defined]
+        views.append(
+            conversation_view(conversation, [participant_view(p, p.user) for p in members], mine)
+        )
+    return views
+
+
+async def list_conversations(
+    svc: Services,
+    actor: Actor,
+    *,
+    kind: str | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """The caller's inbox, most recently active first; keyset-paginated on (updated_at, id)."""
+    query = Conversation.filter(participants__user_id=actor.id)
+    if kind:
+        if kind not in ("internal", "patient"):
+            raise invalid("kind is internal or patient", kind="internal or patient")
+        query = query.filter(kind=kind)
+    if after is not None:
+        moment, last_id = after
+        query = query.filter(updated_at__lte=moment).exclude(updated_at=moment, id__gte=last_id)
+    rows = await query.order_by("-updated_at", "-id").limit(limit + 1)
+    page = rows[:limit]
+    next_key = (page[-1].updated_at.isoformat(), page[-1].id) if len(rows) > limit else None
+    return await _views(page, actor), next_key
+
+
+async def get_conversation(svc: Services, actor: Actor, conversation_id: str) -> dict[str, Any]:
+    await membership(actor, conversation_id)
+    conversation = await Conversation.get(id=conversation_id)
+    return (await _views([conversation], actor))[0]
+
+
+async def read_events(conversation_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+    events = (
+        await Event.filter(conversation_id=conversation_id, seq__gt=after)
+        .order_by("seq")
+        .limit(limit)
+    )
+    return [event_view(e) for e in events]
+
+
+async def read_gap(conversation_id: str, after: int, before: int) -> list[dict[str, Any]]:
+    """For the hub: the stored events strictly between two seqs."""
+    return await read_events(conversation_id, after, max(0, before - after - 1))
+
+
+async def list_events(
+    svc: Services, actor: Actor, conversation_id: str, *, after: int, limit: int
+) -> dict[str, Any]:
+    await membership(actor, conversation_id)
+    events = await read_events(conversation_id, after, limit)
+    last_seq = await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
+    return {"events": events, "last_seq": last_seq[0] if last_seq else 0}
+
+
+async def mark_read(svc: Services, actor: Actor, conversation_id: str, seq: int) -> None:
+    """Move the caller's read position forward; an old or repeated receipt changes nothing."""
+    participant = await membership(actor, conversation_id)
+    if seq < 0:
+        raise invalid("seq must be at least 0", seq=">= 0")
+    last_seq = (
+        await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
+    )[0]
+    seq = min(seq, last_seq)
+    if seq <= participant.read_seq:
+        return
+    now = utcnow()
+    moved = await Participant.filter(id=participant.id, read_seq__lt=seq).update(
+        read_seq=seq, read_at=now
+    )
+    if not moved:
+        return
+    await svc.hub.publish(
+        conversation_topic(conversation_id),
+        {
+            "type": "receipt",
+            "conversation_id": conversation_id,
+            "participant": {"id": actor.id, "kind": participant.kind, "name": actor.user.name},
+            "seq": seq,
+            "at": iso(now),
+        },
+        skip_user=actor.id,
+    )
+
+
+async def typing(svc: Services, actor: Actor, conversation_id: str) -> None:
+    await membership(actor, conversation_id)
+    await svc.hub.publish(
+        conversation_topic(conversation_id),
+        {"type": "typing", "conversation_id": conversation_id, "user_id": actor.id},
+        skip_user=actor.id,
+    )
+
+
+async def sync(
+    svc: Services, actor: Actor, since: dict[str, int]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Missed events per conversation (at most SYNC_LIMIT each) and those that have more."""
+    if len(since) > 1000:
+        raise invalid("sync at most 1000 conversations per call", since="too many")
+    allowed = set(
+        await Participant.filter(
+            user_id=actor.id, conversation_id__in=list(since)
+        ).values_list("conversation_id", flat=True)
+    )
+    unknown = [cid for cid in since if cid not in allowed]
+    if unknown:
+        raise ApiError("not_found", "conversation not found", {"conversation_ids": unknown})
+    events: list[dict[str, Any]] = []
+    more: list[str] = []
+    for conversation_id, seq in since.items():
+        batch = await read_events(conversation_id, seq, SYNC_LIMIT + 1)
+        if len(batch) > SYNC_LIMIT:
+            more.append(conversation_id)
+            batch = batch[:SYNC_LIMIT]
+        events.extend(batch)
+    return events, more
+
+
+async def ready_snapshot(actor: Actor) -> list[dict[str, Any]]:
+    """Every conversation of the caller with its newest seq and the caller's read seq."""
+    rows = await Participant.filter(user_id=actor.id).values(
+        "conversation_id", "read_seq", "conversation__last_seq"
+    )
+    return [
+        {
+            "id": row["conversation_id"],
+            "last_seq": row["conversation__last_seq"],
+            "read_seq": row["read_seq"],
+        }
+        for row in rows
+    ]

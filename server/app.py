@@ -1,0 +1,133 @@
+"""create_app(settings): the Starlette application. The lifespan wires every service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from realtime.broker import make_broker
+from realtime.hub import Hub
+from server.actions import conversations
+from server.actions.context import Services
+from server.actions.messages import SendBatcher
+from server.auth import LoginLimiter
+from server.config import Settings, load_settings
+from server.errors import ApiError
+from server.http import JSON, ROUTES
+
+# Importing the route modules registers their routes.
+from server.routes import api as _api  # noqa: F401, I001
+from server.routes import meta as _meta  # noqa: F401
+from server.ws import watch_sessions, ws_endpoint
+from storage import db
+from storage.outage import is_outage
+
+log = logging.getLogger("bloomtext")
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_demo"
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSON(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+        exc.status_code, "invalid"
+    )
+    error = ApiError(code, str(exc.detail), status=exc.status_code)
+    return JSON(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    if is_outage(exc):
+        error = ApiError("unavailable", "a dependency is unavailable; retry later")
+        return JSON(error.body(), status_code=503, headers={"Retry-After": "2"})
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSON({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+
+class SecurityHeaders:
+    """Adds conservative headers to every HTTP response (API and pages alike)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.init_db(settings.database_url)
+        broker = make_broker(settings.redis_url)
+        await broker.start()
+        hub = Hub(broker, conversations.read_gap)
+        svc = Services(
+            settings=settings,
+            hub=hub,
+            login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
+        )
+        svc.batcher = SendBatcher(svc)
+        svc.batcher.start()
+        app.state.services = svc
+        app.state.broker = broker
+        watcher = asyncio.get_running_loop().create_task(watch_sessions(svc))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await hub.close()
+            await svc.batcher.stop()
+            await broker.close()
+            await db.close_db()
+
+    routes: list[BaseRoute] = [
+        Route(spec.path, spec.handler, methods=[spec.method]) for spec in ROUTES
+    ]
+    routes.append(WebSocketRoute("/ws", ws_endpoint))
+    routes.append(Mount("/", app=StaticFiles(directory=CLIENT_DIR, html=True), name="client"))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """For `uvicorn --factory server.app:app_from_environment`."""
+    return create_app(load_settings())

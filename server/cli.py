@@ -1,0 +1,120 @@
+"""Command line: `python -m server serve|migrate|seed-demo`. Thin: each calls one thing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+
+import uvicorn
+
+from realtime.broker_memory import MemoryBroker
+from realtime.hub import Hub
+from server.actions import accounts, conversations, messages
+from server.actions.context import Actor, Services
+from server.auth import LoginLimiter
+from server.config import ConfigError, Settings, load_settings
+from storage import db
+from storage.models import User
+
+DEMO_ADMIN = "admin@demo.bloomtext.test"
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    from server.app import create_app
+
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # The contract's frame limit; larger frames close with 1009.
+        ws_max_size=settings.ws_max_frame_bytes,
+        # Deflate off: a small compressed frame must not inflate into memory,
+        # and it costs tens of KiB per connection.
+        ws_per_message_deflate=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(settings: Settings) -> None:
+    uvicorn.Server(uvicorn_config(settings)).run()
+
+
+async def seed_demo(settings: Settings) -> None:
+    """Create a demo organisation once, and print its logins that one time."""
+    await db.init_db(settings.database_url)
+    try:
+        if await User.exists(email=DEMO_ADMIN):
+            print(f"demo organisation already present (admin: {DEMO_ADMIN})")
+            return
+        svc = Services(
+            settings=Settings(**{**settings.__dict__, "signup_open": True}),
+            hub=Hub(MemoryBroker(), conversations.read_gap),
+            login_limiter=LoginLimiter(5, 60),
+        )
+        logins = {
+            DEMO_ADMIN: ("Dr Ada Lee", secrets.token_urlsafe(9)),
+            "nurse@demo.bloomtext.test": ("Nurse Sam Ortiz", secrets.token_urlsafe(9)),
+            "frontdesk@demo.bloomtext.test": ("Kim Front Desk", secrets.token_urlsafe(9)),
+        }
+        name, password = logins[DEMO_ADMIN]
+        result = await accounts.signup(
+            svc, org_name="Demo Clinic", name=name, email=DEMO_ADMIN, password=password
+        )
+        admin = await User.get(id=result["user"]["id"])
+        actor = Actor(user=admin, session_id="cli")
+        others = []
+        for email, (member_name, member_password) in logins.items():
+            if email != DEMO_ADMIN:
+                others.append(await accounts.create_member(
+                    svc, actor, email=email, name=member_name, role="member",
+                    password=member_password,
+                ))
+        conversation = await conversations.create_conversation(
+            svc, actor, to=[{"user_id": u["id"]} for u in others], subject="Welcome"
+        )
+        batcher = messages.SendBatcher(svc)
+        svc.batcher = batcher
+        batcher.start()
+        await messages.send_message(
+            svc, actor, conversation["id"], client_id="seed-welcome",
+            body="Welcome to BloomText. This is the demo organisation.",
+        )
+        await batcher.stop()
+        print("Demo organisation created. These logins are shown once:")
+        for email, (member_name, member_password) in logins.items():
+            print(f"  {email:32} {member_password}   ({member_name})")
+    finally:
+        await db.close_db()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bloomtext", description="BloomText server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve HTTP and websockets on HOST:PORT")
+    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("seed-demo", help="create the demo organisation (once)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"bloomtext: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "migrate":
+        asyncio.run(db.migrate(settings.database_url))
+        print("migrations applied")
+    elif args.command == "seed-demo":
+        asyncio.run(seed_demo(settings))
+    return 0

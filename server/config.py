@@ -1,0 +1,239 @@
+"""Settings: read from the environment once, validated, frozen.
+
+Nothing reads `os.environ` after start-up; everything receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import phonenumbers
+
+DEV_SECRET_KEY = "dev-insecure-key-do-not-use-in-production"
+
+# Every variable the server understands. A BLOOMTEXT_* or contract variable that is
+# not listed here is a typo, and start-up refuses it rather than ignoring it.
+KNOWN_VARIABLES = frozenset(
+    {
+        "HOST",
+        "PORT",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PUBLIC_URL",
+        "SECRET_KEY",
+        "SMTP_URL",
+        "MAIL_FROM",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_API_URL",
+        "ALLOWED_ORIGINS",
+        "DEFAULT_REGION",
+        "PORTAL_LINK_TTL_SECONDS",
+        "MAX_UPLOAD_BYTES",
+        "SIGNUP_OPEN",
+        "BLOOMTEXT_ENV",
+        "BLOOMTEXT_LOG_LEVEL",
+        "BLOOMTEXT_SESSION_IDLE_SECONDS",
+        "BLOOMTEXT_SESSION_MAX_SECONDS",
+        "BLOOMTEXT_LOGIN_MAX_FAILURES",
+        "BLOOMTEXT_LOGIN_WINDOW_SECONDS",
+        "BLOOMTEXT_WS_RATE",
+        "BLOOMTEXT_WS_BURST",
+        "BLOOMTEXT_WS_SEND_QUEUE",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite://data/bloomtext.sqlite3"
+    redis_url: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = DEV_SECRET_KEY
+    smtp_url: str | None = None
+    mail_from: str = "no-reply@localhost"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    default_region: str = "US"
+    portal_link_ttl_seconds: int = 604800
+    max_upload_bytes: int = 26214400
+    signup_open: bool = True
+    production: bool = False
+    log_level: str = "info"
+    # Automatic logoff (HIPAA §164.312(a)(2)(iii)): idle and absolute session lifetimes.
+    session_idle_seconds: int = 15 * 60
+    session_max_seconds: int = 12 * 60 * 60
+    login_max_failures: int = 5
+    login_window_seconds: int = 15 * 60
+    ws_rate: float = 50.0
+    ws_burst: int = 200
+    ws_send_queue: int = 1000
+    max_json_bytes: int = 1024 * 1024
+    ws_max_frame_bytes: int = 64 * 1024
+
+    @property
+    def public_origin(self) -> str:
+        return origin_of(self.public_url)
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _url(env: Mapping[str, str], name: str, schemes: set[str]) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes:
+        allowed = ", ".join(sorted(f"{s}://" for s in schemes))
+        raise ConfigError(f"{name} must start with one of {allowed}; got {raw!r}")
+    return raw
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = env.get("DATABASE_URL") or ""
+    if not raw:
+        return "sqlite://" + str(Path("data") / "bloomtext.sqlite3")
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    if scheme not in {"sqlite", "postgres", "postgresql", "asyncpg", "psycopg"}:
+        raise ConfigError(
+            "DATABASE_URL must be sqlite://PATH or postgres://USER@HOST:PORT/DB; "
+            f"got {raw!r}"
+        )
+    if scheme == "postgresql":
+        raw = "postgres" + raw[len("postgresql") :]
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; raise ConfigError with a clear message."""
+    env = dict(os.environ if env is None else env)
+    unknown = sorted(
+        name
+        for name in env
+        if name.startswith("BLOOMTEXT_") and name not in KNOWN_VARIABLES
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+
+    mode = (env.get("BLOOMTEXT_ENV") or "development").strip().lower()
+    if mode not in {"development", "production"}:
+        raise ConfigError(f"BLOOMTEXT_ENV must be development or production, got {mode!r}")
+    production = mode == "production"
+
+    host = env.get("HOST") or "127.0.0.1"
+    port = _int(env, "PORT", 8000, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"PORT must be at most 65535, got {port}")
+
+    public_url = env.get("PUBLIC_URL") or f"http://{host}:{port}"
+    parts = urlsplit(public_url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"PUBLIC_URL must be an http(s) URL, got {public_url!r}")
+    public_url = public_url.rstrip("/")
+
+    secret_key = env.get("SECRET_KEY") or ""
+    if not secret_key:
+        if production:
+            raise ConfigError("SECRET_KEY is required when BLOOMTEXT_ENV=production")
+        secret_key = DEV_SECRET_KEY
+    elif len(secret_key) < 16:
+        raise ConfigError("SECRET_KEY must be at least 16 characters")
+
+    origins_raw = env.get("ALLOWED_ORIGINS") or ""
+    origins = {origin_of(o.strip()) for o in origins_raw.split(",") if o.strip()}
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"ALLOWED_ORIGINS entries must be http(s) origins, got {origin!r}")
+    if not origins:
+        origins = {origin_of(public_url)}
+
+    region = (env.get("DEFAULT_REGION") or "US").upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"DEFAULT_REGION must be a two-letter region code, got {region!r}")
+
+    level = (env.get("BLOOMTEXT_LOG_LEVEL") or "info").lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"BLOOMTEXT_LOG_LEVEL must be debug, info, warning or error: {level!r}")
+
+    twilio_api_url = _url(env, "TWILIO_API_URL", {"http", "https"}) or "https://api.twilio.com"
+
+    return Settings(
+        host=host,
+        port=port,
+        database_url=_database_url(env),
+        redis_url=_url(env, "REDIS_URL", {"redis", "rediss", "redis+cluster"}),
+        public_url=public_url,
+        secret_key=secret_key,
+        smtp_url=_url(env, "SMTP_URL", {"smtp", "smtp+starttls", "smtps"}),
+        mail_from=env.get("MAIL_FROM") or "no-reply@localhost",
+        twilio_account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+        twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+        twilio_api_url=twilio_api_url.rstrip("/"),
+        allowed_origins=frozenset(origins),
+        default_region=region,
+        portal_link_ttl_seconds=_int(env, "PORTAL_LINK_TTL_SECONDS", 604800, minimum=60),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 26214400, minimum=1),
+        signup_open=_bool(env, "SIGNUP_OPEN", not production),
+        production=production,
+        log_level=level,
+        session_idle_seconds=_int(env, "BLOOMTEXT_SESSION_IDLE_SECONDS", 15 * 60, minimum=1),
+        session_max_seconds=_int(env, "BLOOMTEXT_SESSION_MAX_SECONDS", 12 * 3600, minimum=1),
+        login_max_failures=_int(env, "BLOOMTEXT_LOGIN_MAX_FAILURES", 5, minimum=1),
+        login_window_seconds=_int(env, "BLOOMTEXT_LOGIN_WINDOW_SECONDS", 15 * 60, minimum=1),
+        ws_rate=_float(env, "BLOOMTEXT_WS_RATE", 50.0),
+        ws_burst=_int(env, "BLOOMTEXT_WS_BURST", 200, minimum=1),
+        ws_send_queue=_int(env, "BLOOMTEXT_WS_SEND_QUEUE", 1000, minimum=10),
+    )

@@ -1,0 +1,179 @@
+"""HTTP plumbing shared by the routes: parsing, auth, responses, cursors, the route table."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.actions import accounts
+from server.actions.context import Actor, Services
+from server.errors import ApiError
+
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encode(content)
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError("too_large", f"request body is larger than {limit} bytes")
+        except ValueError:
+            raise ApiError("invalid", "malformed Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("too_large", f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse(request: Request, schema: type[T]) -> T:
+    """Decode and validate a JSON body into `schema`; errors name the fields."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.split(";")[0]:
+        raise ApiError("invalid", "send a JSON body (Content-Type: application/json)")
+    raw = await read_body(request, services(request).settings.max_json_bytes)
+    if not raw.strip():
+        raise ApiError("invalid", "request body is empty; send a JSON object")
+    try:
+        return msgspec.json.decode(raw, type=schema)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise ApiError("invalid", "request body is not valid JSON") from None
+
+
+def validation_error(text: str) -> ApiError:
+    field = None
+    for pattern in (_MISSING_RE, _UNKNOWN_RE):
+        match = pattern.search(text)
+        if match:
+            field = match.group(1)
+    if field is None:
+        match = _FIELD_RE.search(text)
+        if match:
+            field = match.group(1) or "body"
+    message = text.split(" - at ")[0]
+    return ApiError("invalid", message, {"fields": {field or "body": message}})
+
+
+async def actor_of(request: Request) -> Actor:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError("unauthenticated", "send Authorization: Bearer <token>")
+    return await accounts.authenticate(services(request), secret.strip())
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            "invalid", f"{name} must be an integer", {"fields": {name: "integer"}}
+        ) from None
+    if not low <= value <= high:
+        raise ApiError(
+            "invalid", f"{name} must be between {low} and {high}", {"fields": {name: "range"}}
+        )
+    return value
+
+
+def encode_cursor(key: tuple[str, str] | None) -> str | None:
+    if key is None:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(request: Request) -> tuple[str, str] | None:
+    raw = request.query_params.get("cursor")
+    if not raw:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            return value[0], value[1]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise ApiError("invalid", "malformed cursor", {"fields": {"cursor": "malformed"}})
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One HTTP operation: what it takes and answers, for routing and for /openapi.json."""
+
+    method: str
+    path: str
+    handler: Callable[[Request], Awaitable[Response]]
+    summary: str
+    body: type | None = None
+    response: type | None = None
+    status: int = 200
+    auth: bool = True
+    query: tuple[str, ...] = ()
+    errors: tuple[int, ...] = ()
+    tag: str = "api"
+    content_type: str = "application/json"
+
+
+ROUTES: list[RouteSpec] = []
+
+
+def route(
+    method: str,
+    path: str,
+    summary: str,
+    *,
+    body: type | None = None,
+    response: type | None = None,
+    status: int = 200,
+    auth: bool = True,
+    query: tuple[str, ...] = (),
+    errors: tuple[int, ...] = (),
+    tag: str = "api",
+    content_type: str = "application/json",
+) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    def register(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        ROUTES.append(
+            RouteSpec(method, path, handler, summary, body, response, status, auth, query,
+                      errors, tag, content_type)
+        )
+        return handler
+
+    return register

@@ -1,0 +1,168 @@
+"""The /api/v1 routes: parse, call one action, serialise. No rules live here."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import schemas as s
+from server.actions import accounts, conversations, messages
+from server.http import (
+    JSON,
+    actor_of,
+    client_address,
+    decode_cursor,
+    encode_cursor,
+    int_param,
+    parse,
+    route,
+    services,
+)
+
+API = "/api/v1"
+
+
+@route("POST", f"{API}/signup", "Create an organisation and its first admin", body=s.SignupBody,
+       response=s.SignupResult, status=201, auth=False, errors=(403, 409, 422))
+async def signup(request: Request) -> Response:
+    body = await parse(request, s.SignupBody)
+    result = await accounts.signup(
+        services(request), org_name=body.org_name, name=body.name, email=body.email,
+        password=body.password,
+    )
+    return JSON(result, status_code=201)
+
+
+@route("POST", f"{API}/auth/login", "Log in with email and password", body=s.LoginBody,
+       response=s.Session, auth=False, errors=(401, 422, 429))
+async def login(request: Request) -> Response:
+    body = await parse(request, s.LoginBody)
+    result = await accounts.login(
+        services(request), email=body.email, password=body.password,
+        address=client_address(request),
+    )
+    return JSON(result)
+
+
+@route("POST", f"{API}/auth/logout", "End this session (its sockets close too)", status=204,
+       errors=(401,))
+async def logout(request: Request) -> Response:
+    actor = await actor_of(request)
+    await accounts.logout(services(request), actor)
+    return Response(status_code=204)
+
+
+@route("GET", f"{API}/me", "The caller, their organisation and its policies", response=s.Me,
+       errors=(401,))
+async def me(request: Request) -> Response:
+    actor = await actor_of(request)
+    return JSON(await accounts.me(services(request), actor))
+
+
+@route("GET", f"{API}/org", "The caller's organisation", response=s.Org, errors=(401,))
+async def get_org(request: Request) -> Response:
+    actor = await actor_of(request)
+    return JSON(await accounts.get_org(services(request), actor))
+
+
+@route("POST", f"{API}/members", "Add a member (admin)", body=s.MemberBody, response=s.User,
+       status=201, errors=(401, 403, 409, 422))
+async def create_member(request: Request) -> Response:
+    actor = await actor_of(request)
+    body = await parse(request, s.MemberBody)
+    user = await accounts.create_member(
+        services(request), actor, email=body.email, name=body.name, role=body.role,
+        password=body.password,
+    )
+    return JSON(user, status_code=201)
+
+
+@route("GET", f"{API}/members", "The organisation's members", response=s.UserList,
+       query=("cursor", "limit"), errors=(401, 403))
+async def list_members(request: Request) -> Response:
+    actor = await actor_of(request)
+    items, next_key = await accounts.list_members(
+        services(request), actor, after=decode_cursor(request),
+        limit=int_param(request, "limit", 100, 1, 500),
+    )
+    return JSON({"items": items, "next": encode_cursor(next_key)})
+
+
+@route("POST", f"{API}/bots", "Create a bot and its key (admin)", body=s.BotBody,
+       response=s.BotResult, status=201, errors=(401, 403, 422))
+async def create_bot(request: Request) -> Response:
+    actor = await actor_of(request)
+    body = await parse(request, s.BotBody)
+    return JSON(await accounts.create_bot(services(request), actor, name=body.name),
+                status_code=201)
+
+
+@route("POST", f"{API}/conversations", "Start a conversation", body=s.ConversationBody,
+       response=s.Conversation, status=201, errors=(401, 403, 404, 422))
+async def create_conversation(request: Request) -> Response:
+    actor = await actor_of(request)
+    body = await parse(request, s.ConversationBody)
+    targets = [
+        {k: v for k, v in (("user_id", t.user_id), ("email", t.email),
+                           ("patient_id", t.patient_id), ("patient", t.patient)) if v is not None}
+        for t in body.to
+    ]
+    conversation = await conversations.create_conversation(
+        services(request), actor, to=targets, subject=body.subject
+    )
+    return JSON(conversation, status_code=201)
+
+
+@route("GET", f"{API}/conversations", "The caller's inbox, most recent first",
+       response=s.ConversationList, query=("kind", "cursor", "limit"), errors=(401, 422))
+async def list_conversations(request: Request) -> Response:
+    actor = await actor_of(request)
+    items, next_key = await conversations.list_conversations(
+        services(request), actor, kind=request.query_params.get("kind") or None,
+        after=decode_cursor(request), limit=int_param(request, "limit", 50, 1, 200),
+    )
+    return JSON({"items": items, "next": encode_cursor(next_key)})
+
+
+@route("GET", f"{API}/conversations/{{conversation_id}}", "One conversation",
+       response=s.Conversation, errors=(401, 404))
+async def get_conversation(request: Request) -> Response:
+    actor = await actor_of(request)
+    return JSON(await conversations.get_conversation(
+        services(request), actor, request.path_params["conversation_id"]))
+
+
+@route("POST", f"{API}/conversations/{{conversation_id}}/messages",
+       "Send a message (repeat with the same client_id: 200 with the first event)",
+       body=s.MessageBody, response=s.Event, status=201, errors=(401, 404, 409, 422, 503))
+async def send_message(request: Request) -> Response:
+    actor = await actor_of(request)
+    body = await parse(request, s.MessageBody)
+    event, created = await messages.send_message(
+        services(request), actor, request.path_params["conversation_id"],
+        client_id=body.client_id, body=body.body,
+    )
+    return JSON(event, status_code=201 if created else 200)
+
+
+@route("GET", f"{API}/conversations/{{conversation_id}}/events", "The timeline after a seq",
+       response=s.EventPage, query=("after", "limit"), errors=(401, 404, 422))
+async def list_events(request: Request) -> Response:
+    actor = await actor_of(request)
+    result = await conversations.list_events(
+        services(request), actor, request.path_params["conversation_id"],
+        after=int_param(request, "after", 0, 0, 2**62),
+        limit=int_param(request, "limit", 100, 1, 1000),
+    )
+    return JSON(result)
+
+
+@route("POST", f"{API}/conversations/{{conversation_id}}/read", "Mark read up to a seq",
+       body=s.ReadBody, status=204, errors=(401, 404, 422))
+async def mark_read(request: Request) -> Response:
+    actor = await actor_of(request)
+    body = await parse(request, s.ReadBody)
+    await conversations.mark_read(
+        services(request), actor, request.path_params["conversation_id"], body.seq
+    )
+    return Response(status_code=204)

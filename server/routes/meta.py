@@ -1,0 +1,112 @@
+"""Health, readiness and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import schemas as s
+from server.errors import STATUS_BY_CODE
+from server.http import JSON, ROUTES, route, services
+from storage import db
+
+CHECK_TIMEOUT = 2.0
+
+
+@route("GET", "/healthz", "The process is up", response=s.Health, auth=False, tag="ops")
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok", "checks": {}})
+
+
+@route("GET", "/readyz", "The database and the broker answer (503 if not)", response=s.Health,
+       auth=False, errors=(503,), tag="ops")
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    checks: dict[str, str] = {}
+    for name, probe in (("database", db.ping), ("broker", state.broker.ping)):
+        try:
+            await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+            checks[name] = "ok"
+        except Exception as exc:  # report, never raise: this is the health answer
+            checks[name] = f"down: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSON({"status": "ok" if ok else "unavailable", "checks": checks},
+                status_code=200 if ok else 503)
+
+
+@route("GET", "/openapi.json", "This document", auth=False, tag="ops")
+async def openapi(request: Request) -> Response:
+    return JSON(openapi_document(services(request).settings.public_url))
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    types: list[type] = [s.Error]
+    for spec in ROUTES:
+        types.extend(t for t in (spec.body, spec.response) if t is not None)
+    _, components = s.json_schema_components(list(dict.fromkeys(types)))
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in ROUTES:
+        op: dict[str, Any] = {
+            "summary": spec.summary,
+            "operationId": spec.handler.__name__,
+            "tags": [spec.tag],
+            "responses": {},
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(spec.path)
+        ] + [
+            {"name": name, "in": "query", "required": False,
+             "schema": {"type": "integer" if name in ("after", "limit") else "string"}}
+            for name in spec.query
+        ]
+        if params:
+            op["parameters"] = params
+        if spec.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
+            }
+        success: dict[str, Any] = {"description": "success"}
+        if spec.response is not None:
+            success["content"] = {spec.content_type: {
+                "schema": {"$ref": f"#/components/schemas/{spec.response.__name__}"}}}
+        op["responses"][str(spec.status)] = success
+        if spec.path.endswith("/messages"):
+            op["responses"]["200"] = {"description": "a repeat of an earlier client_id",
+                                      **{k: v for k, v in success.items() if k == "content"}}
+        statuses = set(spec.errors)
+        if spec.body is not None:
+            statuses |= {413, 422}
+        if spec.auth:
+            statuses.add(401)
+        for status in sorted(statuses):
+            codes = [c for c, st in STATUS_BY_CODE.items() if st == status]
+            op["responses"][str(status)] = {
+                "description": ", ".join(codes) or "error",
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        if spec.auth:
+            op["security"] = [{"bearer": []}]
+        paths.setdefault(spec.path, {})[spec.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "BloomText", "version": "1",
+                 "description": "HTTP API of BloomText. The websocket protocol at /ws is "
+                                "described in docs/protocol.md."},
+        "servers": [{"url": server_url}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]

@@ -1,0 +1,189 @@
+"""Request and response bodies as msgspec Structs: they validate input and generate OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from realtime.protocol import ClientId
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Email = Annotated[str, Meta(min_length=3, max_length=320)]
+Password = Annotated[str, Meta(min_length=1, max_length=1024)]
+Text = Annotated[str, Meta(min_length=1, max_length=10_000)]
+Timestamp = Annotated[str, Meta(description="ISO 8601 UTC with milliseconds")]
+
+
+class Body(Struct, forbid_unknown_fields=True):
+    """Request bodies reject unknown fields: a typo is an error, not a silent no-op."""
+
+
+class SignupBody(Body):
+    org_name: Name
+    name: Name
+    email: Email
+    password: Password
+
+
+class LoginBody(Body):
+    email: Email
+    password: Password
+
+
+class MemberBody(Body):
+    email: Email
+    name: Name
+    role: Literal["admin", "member"] = "member"
+    password: Password | None = None
+
+
+class BotBody(Body):
+    name: Name
+
+
+class Target(Body):
+    user_id: str | None = None
+    email: str | None = None
+    patient_id: str | None = None
+    patient: dict[str, Any] | None = None
+
+
+class ConversationBody(Body):
+    to: Annotated[list[Target], Meta(min_length=1, max_length=100)]
+    subject: Annotated[str, Meta(max_length=300)] | None = None
+    phone_number_id: str | None = None
+    channel: Literal["secure_sms", "sms", "secure_email"] | None = None
+
+
+class MessageBody(Body):
+    body: Text
+    client_id: ClientId
+
+
+class ReadBody(Body):
+    seq: Annotated[int, Meta(ge=0)]
+
+
+# -- responses (documentation; the handlers build the same shapes) ---------------
+
+
+class User(Struct):
+    id: str
+    org_id: str
+    kind: Literal["member", "external", "bot", "patient"]
+    role: Literal["admin", "member"]
+    name: str
+    email: str | None
+    created_at: Timestamp
+
+
+class Seats(Struct):
+    used: int
+    limit: int | None
+
+
+class Org(Struct):
+    id: str
+    name: str
+    plan: Literal["free", "trial", "pro"]
+    trial_ends_at: Timestamp | None
+    seats: Seats
+    policies: dict[str, Any]
+
+
+class Session(Struct):
+    token: str
+    user: User
+
+
+class SignupResult(Struct):
+    token: str
+    user: User
+    org: Org
+
+
+class Me(Struct):
+    user: User
+    org: Org
+    policies: dict[str, Any]
+
+
+class BotResult(Struct):
+    user: User
+    token: str
+
+
+class Participant(Struct):
+    id: str
+    kind: Literal["member", "external", "bot", "patient"]
+    name: str
+    read_seq: int
+
+
+class Conversation(Struct):
+    id: str
+    org_id: str
+    kind: Literal["internal", "patient"]
+    subject: str | None
+    participants: list[Participant]
+    phone_number_id: str | None
+    channel: str | None
+    last_seq: int
+    read_seq: int
+    created_at: Timestamp
+
+
+class Sender(Struct):
+    id: str
+    name: str
+    kind: str
+
+
+class Event(Struct):
+    id: str
+    conversation_id: str
+    seq: int
+    kind: Literal["message", "recall", "participant_added", "participant_removed"]
+    sender: Sender | None
+    body: str | None
+    attachments: list[dict[str, Any]]
+    client_id: str | None
+    created_at: Timestamp
+    recalled: bool = False
+    target_id: str | None = None
+
+
+class EventPage(Struct):
+    events: list[Event]
+    last_seq: int
+
+
+class UserList(Struct):
+    items: list[User]
+    next: str | None
+
+
+class ConversationList(Struct):
+    items: list[Conversation]
+    next: str | None
+
+
+class ErrorDetail(Struct):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class Error(Struct):
+    error: ErrorDetail
+
+
+class Health(Struct):
+    status: str
+    checks: dict[str, str] = {}
+
+
+def json_schema_components(types: list[type]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    return msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")

@@ -1,0 +1,235 @@
+"""The /ws endpoint: check the origin, authenticate, then decode frames and call actions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from realtime import protocol as p
+from realtime.hub import Connection, Hub, conversation_topic
+from server.actions import accounts, conversations, messages
+from server.actions.context import Actor, Services
+from server.actions.views import user_view
+from server.errors import ApiError
+from storage.outage import is_outage
+
+log = logging.getLogger("bloomtext.ws")
+
+AUTH_TIMEOUT = 10.0
+SESSION_CHECK_EVERY = 15.0
+
+
+@dataclass(slots=True)
+class SocketSession:
+    """What the session watcher needs to know about one socket."""
+
+    actor: Actor
+    check_at: float  # when to look at the session again (epoch seconds)
+    touched_at: float = 0.0
+
+
+class TokenBucket:
+    """`rate` frames/s sustained, `burst` at once. Overdrawing by another burst is a flood."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> int:
+        """1: allowed; 0: over the limit (answer rate_limited); -1: a flood (close)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return 1
+        return 0 if self.tokens > -self.burst else -1
+
+
+def _origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+    origin = websocket.headers.get("origin")
+    # Browsers always send Origin; bots and load tools may not, and carry no cookies.
+    return origin is None or origin.lower() in allowed
+
+
+def _choose_subprotocol(websocket: WebSocket) -> str | None:
+    offered = websocket.scope.get("subprotocols") or []
+    for name in offered:
+        if name in p.SUBPROTOCOLS:
+            return name
+    return None
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    svc: Services = websocket.app.state.services
+    if not _origin_allowed(websocket, svc.settings.allowed_origins):
+        await websocket.close(code=p.CLOSE_POLICY)  # before accept: a 403 handshake answer
+        return
+    subprotocol = _choose_subprotocol(websocket)
+    await websocket.accept(subprotocol=subprotocol)
+    codec = p.CODECS[subprotocol or p.SUBPROTOCOL_JSON]
+
+    actor = await _authenticate(websocket, svc, codec)
+    if actor is None:
+        return
+    hub: Hub = svc.hub
+
+    async def send(data: bytes | str) -> None:
+        if isinstance(data, bytes) and not codec.binary:
+            await websocket.send({"type": "websocket.send", "text": data.decode()})
+        elif isinstance(data, bytes):
+            await websocket.send({"type": "websocket.send", "bytes": data})
+        else:
+            await websocket.send({"type": "websocket.send", "text": data})
+
+    async def close(code: int, reason: str) -> None:
+        await websocket.close(code=code, reason=reason)
+
+    now = time.time()
+    conn = Connection(
+        user_id=actor.id,
+        session_id=actor.session_id,
+        codec=codec,
+        send=send,
+        close=close,
+        max_queue=svc.settings.ws_send_queue,
+        state=SocketSession(actor=actor, check_at=now + SESSION_CHECK_EVERY, touched_at=now),
+    )
+    try:
+        await hub.register(conn)
+        snapshot = await conversations.ready_snapshot(actor)
+        for item in snapshot:
+            await hub.join(conn, conversation_topic(item["id"]), item["last_seq"])
+        me = await accounts.me(svc, actor)
+        conn.push_frame(
+            {
+                "type": "ready",
+                "user": user_view(actor.user),
+                "org": me["org"],
+                "policies": me["policies"],
+                "conversations": snapshot,
+            }
+        )
+        await _serve(websocket, svc, conn, actor)
+    except Exception as exc:
+        if is_outage(exc):
+            conn.close_soon(1011, "service unavailable; reconnect later")
+        else:
+            raise
+    finally:
+        await hub.unregister(conn)
+
+
+async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec) -> Actor | None:
+    try:
+        message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT)
+    except TimeoutError:
+        await websocket.close(code=p.CLOSE_UNAUTHENTICATED, reason="auth must come first")
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    try:
+        frame = codec.decode(message.get("bytes") or message.get("text") or b"")
+    except p.FrameError:
+        frame = None
+    reason = "auth must be the first frame"
+    if isinstance(frame, p.Auth) and frame.token:
+        try:
+            return await accounts.authenticate(svc, frame.token)
+        except ApiError as exc:
+            reason = exc.message
+    elif isinstance(frame, p.Auth) and frame.ticket:
+        reason = "portal tickets are not accepted by this server yet"
+    await websocket.close(code=p.CLOSE_UNAUTHENTICATED, reason=reason)
+    return None
+
+
+async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: Actor) -> None:
+    codec = conn.codec
+    bucket = TokenBucket(svc.settings.ws_rate, svc.settings.ws_burst)
+    session: SocketSession = conn.state
+    while not conn.closed:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        allowed = bucket.take()
+        if allowed < 0:
+            conn.push_frame(p.error_frame("rate_limited", "too many frames; closing"))
+            conn.close_soon(p.CLOSE_POLICY, "rate limit exceeded")
+            return
+        data = message.get("bytes")
+        if data is None:
+            data = message.get("text") or ""
+        try:
+            frame = codec.decode(data)
+        except p.FrameError as exc:
+            conn.push_frame(p.error_frame(exc.code, exc.message, exc.ref))
+            continue
+        if allowed == 0:
+            conn.push_frame(p.error_frame("rate_limited", "slow down", frame.ref))
+            continue
+        if not isinstance(frame, p.Ping):
+            now = time.time()
+            if now - session.touched_at >= 60:
+                session.touched_at = now
+                await accounts.touch_session(actor.session_id)
+        try:
+            await _dispatch(svc, conn, actor, frame)
+        except ApiError as exc:
+            conn.push_frame(p.error_frame(exc.code, exc.message, frame.ref))
+        except Exception as exc:
+            if is_outage(exc):
+                conn.push_frame(
+                    p.error_frame("unavailable", "the database is unavailable; retry", frame.ref)
+                )
+            else:
+                log.exception("frame %s failed", type(frame).__name__)
+                conn.push_frame(p.error_frame("internal", "internal error", frame.ref))
+
+
+async def _dispatch(svc: Services, conn: Connection, actor: Actor, frame: Any) -> None:
+    if isinstance(frame, p.Send):
+        event, _ = await messages.send_message(
+            svc, actor, frame.conversation_id, client_id=frame.client_id, body=frame.body
+        )
+        conn.push_frame({"type": "ack", "ref": frame.ref, "event": event})
+    elif isinstance(frame, p.Read):
+        await conversations.mark_read(svc, actor, frame.conversation_id, frame.seq)
+    elif isinstance(frame, p.Typing):
+        await conversations.typing(svc, actor, frame.conversation_id)
+    elif isinstance(frame, p.Sync):
+        events, more = await conversations.sync(svc, actor, frame.since)
+        for event in events:
+            conn.push_frame({"type": "event", "event": event})
+        conn.push_frame({"type": "synced", "ref": frame.ref, "more": more})
+    elif isinstance(frame, p.Ping):
+        conn.push_frame({"type": "pong", "ref": frame.ref})
+    elif isinstance(frame, p.Auth):
+        conn.push_frame(p.error_frame("invalid", "already authenticated", frame.ref))
+
+
+async def watch_sessions(svc: Services) -> None:
+    """Close sockets whose session has expired (idle or absolute) or was revoked elsewhere."""
+    while True:
+        await asyncio.sleep(SESSION_CHECK_EVERY / 3)
+        now = time.time()
+        for conn in list(svc.hub.connections):
+            session: SocketSession = conn.state
+            if conn.closed or session.check_at > now:
+                continue
+            try:
+                ends = await accounts.session_alive(svc, conn.session_id)
+            except Exception:
+                session.check_at = now + SESSION_CHECK_EVERY
+                continue
+            if ends is None:
+                conn.close_soon(p.CLOSE_UNAUTHENTICATED, "session expired; log in again")
+            else:
+                session.check_at = min(ends, now + 300)

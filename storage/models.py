@@ -1,0 +1,123 @@
+"""Tortoise models. Plain data and constraints; no business rules, no HTTP."""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Org(Model):
+    id = fields.CharField(max_length=32, primary_key=True)
+    name = fields.CharField(max_length=200)
+    plan = fields.CharField(max_length=16, default="free", db_default="free")
+    trial_ends_at = fields.DatetimeField(null=True)
+    policies = fields.JSONField(default=dict)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "orgs"
+
+
+class User(Model):
+    """Anyone who can take part in a conversation: staff, externals, bots, patients."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="users", on_delete=fields.CASCADE)
+    kind = fields.CharField(max_length=16)  # member | external | bot | patient
+    role = fields.CharField(max_length=16, default="member", db_default="member")
+    name = fields.CharField(max_length=200)
+    # Lower-cased; unique across the server because it is the login.
+    email = fields.CharField(max_length=320, null=True, unique=True)
+    password_hash = fields.CharField(max_length=255, null=True)
+    active = fields.BooleanField(default=True, db_default=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "users"
+
+
+class ApiToken(Model):
+    """A login session or a bot's key. Only the SHA-256 of the secret is stored."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    user = fields.ForeignKeyField("models.User", related_name="tokens", on_delete=fields.CASCADE)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    kind = fields.CharField(max_length=16, default="session", db_default="session")
+    created_at = fields.DatetimeField()
+    last_used_at = fields.DatetimeField()
+    # Absolute end of the session; null for bot keys, which end only when revoked.
+    expires_at = fields.DatetimeField(null=True)
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_tokens"
+
+
+class Conversation(Model):
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField(
+        "models.Org", related_name="conversations", on_delete=fields.CASCADE
+    )
+    kind = fields.CharField(max_length=16, default="internal", db_default="internal")
+    subject = fields.CharField(max_length=300, null=True)
+    # The seq of the newest event; the next event takes last_seq + 1 under a row lock.
+    last_seq = fields.BigIntField(default=0, db_default=0)
+    phone_number_id = fields.CharField(max_length=32, null=True)
+    channel = fields.CharField(max_length=16, null=True)
+    created_by = fields.ForeignKeyField(
+        "models.User", related_name="created_conversations", null=True, on_delete=fields.SET_NULL
+    )
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "conversations"
+
+
+class Participant(Model):
+    """A user's membership of a conversation, with their read position (their receipt)."""
+
+    id = fields.BigIntField(primary_key=True)
+    conversation = fields.ForeignKeyField(
+        "models.Conversation", related_name="participants", on_delete=fields.CASCADE
+    )
+    user = fields.ForeignKeyField(
+        "models.User", related_name="participations", on_delete=fields.CASCADE
+    )
+    kind = fields.CharField(max_length=16)
+    read_seq = fields.BigIntField(default=0, db_default=0)
+    read_at = fields.DatetimeField(null=True)
+    joined_at = fields.DatetimeField()
+
+    class Meta:
+        table = "participants"
+        unique_together = (("conversation", "user"),)
+
+
+class Event(Model):
+    """One entry of a conversation's timeline."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    conversation = fields.ForeignKeyField(
+        "models.Conversation", related_name="events", on_delete=fields.CASCADE
+    )
+    seq = fields.BigIntField()
+    kind = fields.CharField(max_length=32)
+    sender = fields.ForeignKeyField(
+        "models.User", related_name="events", null=True, on_delete=fields.SET_NULL
+    )
+    # As the sender was named and placed when it was sent: events are a record.
+    sender_name = fields.CharField(max_length=200, null=True)
+    sender_kind = fields.CharField(max_length=16, null=True)
+    body = fields.TextField(null=True)
+    attachments = fields.JSONField(default=list)
+    client_id = fields.CharField(max_length=64, null=True)
+    target_id = fields.CharField(max_length=32, null=True)
+    recalled = fields.BooleanField(default=False, db_default=False)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "events"
+        # No gaps and no duplicates per conversation; a retried send by the same
+        # sender with the same client_id finds the first event instead of a second.
+        unique_together = (("conversation", "seq"), ("sender", "client_id"))
