@@ -78,6 +78,7 @@ class Connection:
         "_close",
         "_queue",
         "_wake",
+        "_space",
         "_writer",
         "_max_queue",
         "closed",
@@ -103,6 +104,7 @@ class Connection:
         self._close = close
         self._queue: deque[bytes | str] = deque()
         self._wake = asyncio.Event()
+        self._space = asyncio.Event()
         self._max_queue = max_queue
         self.closed = False
         self._writer = asyncio.create_task(self._drain())
@@ -119,16 +121,37 @@ class Connection:
     def push_frame(self, frame: dict[str, Any]) -> None:
         self.push(self.codec.encode(frame))
 
-    def close_soon(self, code: int, reason: str) -> None:
-        """Stop sending and close the socket from a task (safe from sync callbacks)."""
+    async def feed(self, frame: dict[str, Any]) -> None:
+        """Queue a reply frame, waiting while the queue is half full.
+
+        For long replies (sync): they are paced by the socket instead of counting
+        against the bound that drops slow consumers of live events.
+        """
+        while len(self._queue) >= self._max_queue // 2 and not self.closed:
+            self._space.clear()
+            await self._space.wait()
+        self.push_frame(frame)
+
+    def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
+        """Stop accepting frames and close the socket from a task (safe in callbacks).
+
+        `flush` sends what is already queued first (an error that explains the close);
+        otherwise the queue is dropped (a consumer too slow to read it).
+        """
         if self.closed:
             return
         self.closed = True
-        self._queue.clear()
+        if not flush:
+            self._queue.clear()
         self._wake.set()
+        self._space.set()
         asyncio.get_running_loop().create_task(self._close_quietly(code, reason))
 
     async def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+        except (TimeoutError, asyncio.CancelledError, Exception):
+            pass
         try:
             await self._close(code, reason)
         except Exception:  # the peer may be gone already
@@ -145,16 +168,20 @@ class Connection:
                     await wake.wait()
                     continue
                 await send(queue.popleft())
+                if len(queue) < self._max_queue // 2:
+                    self._space.set()
         except asyncio.CancelledError:
             raise
         except Exception:
             # The socket is gone; the reader side notices and unregisters us.
             self.closed = True
             queue.clear()
+            self._space.set()
 
     async def stop(self) -> None:
         self.closed = True
         self._queue.clear()
+        self._space.set()
         self._writer.cancel()
         try:
             await self._writer

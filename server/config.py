@@ -44,6 +44,7 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_WS_RATE",
         "BLOOMTEXT_WS_BURST",
         "BLOOMTEXT_WS_SEND_QUEUE",
+        "BLOOMTEXT_WS_AUTH_TIMEOUT",
     }
 )
 
@@ -80,6 +81,7 @@ class Settings:
     ws_rate: float = 50.0
     ws_burst: int = 200
     ws_send_queue: int = 1000
+    ws_auth_timeout: float = 10.0
     max_json_bytes: int = 1024 * 1024
     ws_max_frame_bytes: int = 64 * 1024
 
@@ -236,4 +238,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ws_rate=_float(env, "BLOOMTEXT_WS_RATE", 50.0),
         ws_burst=_int(env, "BLOOMTEXT_WS_BURST", 200, minimum=1),
         ws_send_queue=_int(env, "BLOOMTEXT_WS_SEND_QUEUE", 1000, minimum=10),
+        ws_auth_timeout=_float(env, "BLOOMTEXT_WS_AUTH_TIMEOUT", 10.0),
     )

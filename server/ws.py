@@ -20,7 +20,6 @@ from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext.ws")
 
-AUTH_TIMEOUT = 10.0
 SESSION_CHECK_EVERY = 15.0
 
 
@@ -129,7 +128,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
 
 async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec) -> Actor | None:
     try:
-        message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT)
+        message = await asyncio.wait_for(websocket.receive(), svc.settings.ws_auth_timeout)
     except TimeoutError:
         await websocket.close(code=p.CLOSE_UNAUTHENTICATED, reason="auth must come first")
         return None
@@ -155,15 +154,17 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
     codec = conn.codec
     bucket = TokenBucket(svc.settings.ws_rate, svc.settings.ws_burst)
     session: SocketSession = conn.state
-    while not conn.closed:
+    while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if conn.closed:
+            continue  # closing: discard input until the close completes
         allowed = bucket.take()
         if allowed < 0:
             conn.push_frame(p.error_frame("rate_limited", "too many frames; closing"))
-            conn.close_soon(p.CLOSE_POLICY, "rate limit exceeded")
-            return
+            conn.close_soon(p.CLOSE_POLICY, "rate limit exceeded", flush=True)
+            continue
         data = message.get("bytes")
         if data is None:
             data = message.get("text") or ""
@@ -207,8 +208,8 @@ async def _dispatch(svc: Services, conn: Connection, actor: Actor, frame: Any) -
     elif isinstance(frame, p.Sync):
         events, more = await conversations.sync(svc, actor, frame.since)
         for event in events:
-            conn.push_frame({"type": "event", "event": event})
-        conn.push_frame({"type": "synced", "ref": frame.ref, "more": more})
+            await conn.feed({"type": "event", "event": event})
+        await conn.feed({"type": "synced", "ref": frame.ref, "more": more})
     elif isinstance(frame, p.Ping):
         conn.push_frame({"type": "pong", "ref": frame.ref})
     elif isinstance(frame, p.Auth):

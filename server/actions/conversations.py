@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic, user_topic
@@ -138,7 +140,11 @@ async def list_conversations(
         query = query.filter(kind=kind)
     if after is not None:
         moment, last_id = after
-        query = query.filter(updated_at__lte=moment).exclude(updated_at=moment, id__gte=last_id)
+        try:
+            when = datetime.fromisoformat(moment)
+        except ValueError:
+            raise invalid("malformed cursor", cursor="malformed") from None
+        query = query.filter(Q(updated_at__lt=when) | Q(updated_at=when, id__lt=last_id))
     rows = await query.order_by("-updated_at", "-id").limit(limit + 1)
     page = rows[:limit]
     next_key = (page[-1].updated_at.isoformat(), page[-1].id) if len(rows) > limit else None
