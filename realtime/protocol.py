@@ -112,6 +112,10 @@ class Codec:
                 raise FrameError("invalid", f"missing field `{field}`", frame.ref)
         return frame
 
+    def decode_raw(self, data: bytes | str) -> Any:
+        """Any map, without frame validation (for tests and tools)."""
+        return self._raw.decode(data)
+
     @property
     def kind(self) -> str:
         return "msgpack" if self.binary else "JSON"

@@ -23,6 +23,10 @@ log = logging.getLogger("bloomtext.ws")
 SESSION_CHECK_EVERY = 15.0
 
 
+def session_check_every(svc: Services) -> float:
+    return min(SESSION_CHECK_EVERY, svc.settings.session_idle_seconds / 2)
+
+
 @dataclass(slots=True)
 class SocketSession:
     """What the session watcher needs to know about one socket."""
@@ -99,7 +103,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         send=send,
         close=close,
         max_queue=svc.settings.ws_send_queue,
-        state=SocketSession(actor=actor, check_at=now + SESSION_CHECK_EVERY, touched_at=now),
+        state=SocketSession(actor=actor, check_at=now + session_check_every(svc), touched_at=now),
     )
     try:
         await hub.register(conn)
@@ -178,9 +182,9 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
             continue
         if not isinstance(frame, p.Ping):
             now = time.time()
-            if now - session.touched_at >= 60:
+            if now - session.touched_at >= accounts.touch_interval(svc).total_seconds():
                 session.touched_at = now
-                await accounts.touch_session(actor.session_id)
+                await accounts.touch_session(svc, actor.session_id)
         try:
             await _dispatch(svc, conn, actor, frame)
         except ApiError as exc:
@@ -219,7 +223,7 @@ async def _dispatch(svc: Services, conn: Connection, actor: Actor, frame: Any) -
 async def watch_sessions(svc: Services) -> None:
     """Close sockets whose session has expired (idle or absolute) or was revoked elsewhere."""
     while True:
-        await asyncio.sleep(SESSION_CHECK_EVERY / 3)
+        await asyncio.sleep(session_check_every(svc) / 3)
         now = time.time()
         for conn in list(svc.hub.connections):
             session: SocketSession = conn.state
@@ -228,9 +232,9 @@ async def watch_sessions(svc: Services) -> None:
             try:
                 ends = await accounts.session_alive(svc, conn.session_id)
             except Exception:
-                session.check_at = now + SESSION_CHECK_EVERY
+                session.check_at = now + session_check_every(svc)
                 continue
             if ends is None:
                 conn.close_soon(p.CLOSE_UNAUTHENTICATED, "session expired; log in again")
             else:
-                session.check_at = min(ends, now + 300)
+                session.check_at = min(ends, now + 300.0)

@@ -12,14 +12,22 @@ MODELS_MODULE = "storage.models"
 MIGRATIONS_MODULE = "storage.migrations"
 
 
+def connection_label(database_url: str) -> str:
+    """One label per dialect: tortoise caches query executors by label, so a process
+    that used SQLite and then PostgreSQL under one label sent `?` placeholders to
+    PostgreSQL."""
+    return "sqlite" if database_url.startswith("sqlite") else "postgres"
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """The tortoise config for `database_url` (sqlite://PATH or postgres://...)."""
+    label = connection_label(database_url)
     return {
-        "connections": {"default": _normalise_url(database_url)},
+        "connections": {label: _normalise_url(database_url)},
         "apps": {
             "models": {
                 "models": [MODELS_MODULE],
-                "default_connection": "default",
+                "default_connection": label,
                 "migrations": MIGRATIONS_MODULE,
             }
         },
@@ -57,6 +65,6 @@ async def migrate(database_url: str) -> None:
     await Tortoise.close_connections()
 
 
-async def ping() -> None:
+async def ping(database_url: str) -> None:
     """Raise if the database cannot answer a trivial query."""
-    await connections.get("default").execute_query("SELECT 1")
+    await connections.get(connection_label(database_url)).execute_query("SELECT 1")

@@ -19,7 +19,6 @@ from storage.models import ApiToken, Org, User
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 SEAT_KINDS = ("member",)
-TOUCH_EVERY = timedelta(seconds=60)  # write last_used_at at most this often
 
 
 def normalise_email(email: str) -> str:
@@ -123,7 +122,7 @@ async def authenticate(svc: Services, secret: str) -> Actor:
         idle = timedelta(seconds=svc.settings.session_idle_seconds)
         if (token.expires_at and now >= token.expires_at) or now - token.last_used_at >= idle:
             raise ApiError("unauthenticated", "session expired; log in again")
-        if now - token.last_used_at >= TOUCH_EVERY:
+        if now - token.last_used_at >= touch_interval(svc):
             await ApiToken.filter(id=token.id).update(last_used_at=now)
             token.last_used_at = now
     expires = token.expires_at.timestamp() if token.expires_at else None
@@ -142,12 +141,17 @@ async def session_alive(svc: Services, session_id: str) -> float | None:
     return end.timestamp() if end > utcnow() else None
 
 
-async def touch_session(session_id: str) -> None:
+def touch_interval(svc: Services) -> timedelta:
+    """How often use of a session is written down: rarely, but well inside the idle limit."""
+    return timedelta(seconds=min(60.0, svc.settings.session_idle_seconds / 4))
+
+
+async def touch_session(svc: Services, session_id: str) -> None:
     """Activity on a socket keeps its session from idling out."""
     now = utcnow()
-    await ApiToken.filter(id=session_id, last_used_at__lt=now - TOUCH_EVERY).update(
-        last_used_at=now
-    )
+    await ApiToken.filter(
+        id=session_id, last_used_at__lt=now - touch_interval(svc)
+    ).update(last_used_at=now)
 
 
 async def logout(svc: Services, actor: Actor) -> None:

@@ -25,8 +25,10 @@ async def healthz(request: Request) -> Response:
        auth=False, errors=(503,), tag="ops")
 async def readyz(request: Request) -> Response:
     state = request.app.state
+    database_url = services(request).settings.database_url
     checks: dict[str, str] = {}
-    for name, probe in (("database", db.ping), ("broker", state.broker.ping)):
+    probes = (("database", lambda: db.ping(database_url)), ("broker", state.broker.ping))
+    for name, probe in probes:
         try:
             await asyncio.wait_for(probe(), CHECK_TIMEOUT)
             checks[name] = "ok"
