@@ -123,7 +123,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await _serve(websocket, svc, conn, actor)
     except Exception as exc:
         if is_outage(exc):
-            conn.close_soon(1011, "service unavailable; reconnect later")
+            conn.close_soon(1013, "service unavailable; reconnect later", flush=True)
         else:
             raise
     finally:
@@ -148,6 +148,12 @@ async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec) -> 
             return await accounts.authenticate(svc, frame.token)
         except ApiError as exc:
             reason = exc.message
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # 1013 "try again later": the client backs off and reconnects.
+            await websocket.close(code=1013, reason="service unavailable; retry")
+            return None
     elif isinstance(frame, p.Auth) and frame.ticket:
         reason = "portal tickets are not accepted by this server yet"
     await websocket.close(code=p.CLOSE_UNAUTHENTICATED, reason=reason)

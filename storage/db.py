@@ -41,9 +41,10 @@ def _normalise_url(url: str) -> str:
         path = url[len("sqlite://") :]
         Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         if "journal_mode" not in path:
-            # WAL lets readers go on while the single writer commits.
+            # WAL lets readers go on while the single writer commits; synchronous=FULL
+            # syncs every commit, so an acknowledged message survives a power cut.
             sep = "&" if "?" in path else "?"
-            url = f"{url}{sep}journal_mode=WAL&journal_size_limit=67108864"
+            url = f"{url}{sep}journal_mode=WAL&synchronous=FULL&journal_size_limit=67108864"
     return url
 
 

@@ -19,10 +19,10 @@ from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic
 from server.actions.context import Actor, Services
-from server.actions.views import event_view
+from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import new_id, utcnow
-from storage.models import Conversation, Event, Participant
+from storage import queries
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext.messages")
@@ -151,30 +151,19 @@ async def _store(batch: list[PendingSend]) -> list[tuple[PendingSend, Outcome]]:
     sender_ids = list({item.sender_id for item in batch})
     client_ids = list({item.client_id for item in batch})
     results: list[tuple[PendingSend, Outcome]] = []
-    async with in_transaction():
-        # Lock in a fixed order so that two nodes' batches cannot deadlock.
-        conversations = {
-            c.id: c
-            for c in await Conversation.filter(id__in=conversation_ids)
-            .select_for_update()
-            .order_by("id")
-        }
-        members = {
-            (row["conversation_id"], row["user_id"]): row["kind"]
-            for row in await Participant.filter(
-                conversation_id__in=conversation_ids, user_id__in=sender_ids
-            ).values("conversation_id", "user_id", "kind")
-        }
+    async with in_transaction() as conn:
+        conversations = await queries.lock_conversations(conn, conversation_ids)
+        kinds = await queries.participant_kinds(conn, conversation_ids, sender_ids)
         seen: dict[tuple[str, str], dict[str, Any]] = {
-            (e.sender_id, e.client_id): event_view(e)  # type: ignore[attr-defined]
-            for e in await Event.filter(sender_id__in=sender_ids, client_id__in=client_ids)
+            (row["sender_id"], row["client_id"]): event_row_view(row)
+            for row in await queries.events_by_client_id(conn, sender_ids, client_ids)
         }
         now = utcnow()
-        new_events: list[Event] = []
-        touched: set[str] = set()
+        rows: list[dict[str, Any]] = []
+        last_seqs: dict[str, int] = {}
         for item in batch:
             key = (item.sender_id, item.client_id)
-            kind = members.get((item.conversation_id, item.sender_id))
+            kind = kinds.get((item.conversation_id, item.sender_id))
             conversation = conversations.get(item.conversation_id)
             if kind is None or conversation is None:
                 results.append((item, not_found("conversation")))
@@ -182,44 +171,37 @@ async def _store(batch: list[PendingSend]) -> list[tuple[PendingSend, Outcome]]:
             if key in seen:
                 previous = seen[key]
                 if previous["conversation_id"] != item.conversation_id:
-                    results.append(
-                        (
-                            item,
-                            ApiError(
-                                "conflict",
-                                "this client_id was already used for another conversation",
-                                {"fields": {"client_id": "reused"}},
-                            ),
-                        )
-                    )
+                    results.append((item, ApiError(
+                        "conflict",
+                        "this client_id was already used for another conversation",
+                        {"fields": {"client_id": "reused"}},
+                    )))
                 else:
                     results.append((item, (previous, False)))
                 continue
-            conversation.last_seq += 1
-            touched.add(conversation.id)
-            event = Event(
-                id=new_id("ev"),
-                conversation_id=conversation.id,
-                seq=conversation.last_seq,
-                kind="message",
-                sender_id=item.sender_id,
-                sender_name=item.sender_name,
-                sender_kind=kind,
-                body=item.body,
-                attachments=[],
-                client_id=item.client_id,
-                created_at=now,
-            )
-            new_events.append(event)
-            view = event_view(event)
+            conversation["last_seq"] += 1
+            last_seqs[item.conversation_id] = conversation["last_seq"]
+            row = {
+                "id": new_id("ev"),
+                "conversation_id": item.conversation_id,
+                "seq": conversation["last_seq"],
+                "kind": "message",
+                "sender_id": item.sender_id,
+                "sender_name": item.sender_name,
+                "sender_kind": kind,
+                "body": item.body,
+                "attachments": [],
+                "client_id": item.client_id,
+                "target_id": None,
+                "recalled": False,
+                "created_at": now,
+            }
+            rows.append(row)
+            view = event_row_view(row)
             seen[key] = view
             results.append((item, (view, True)))
-        if new_events:
-            await Event.bulk_create(new_events)
-            for conversation_id in touched:
-                await Conversation.filter(id=conversation_id).update(
-                    last_seq=conversations[conversation_id].last_seq, updated_at=now
-                )
+        await queries.insert_events(conn, rows)
+        await queries.set_last_seqs(conn, last_seqs, now)
     return results
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from server.ids import iso
 from storage.models import Conversation, Event, Org, Participant, User
+from storage.queries import EVENT_COLUMNS
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -60,26 +61,32 @@ def conversation_view(
 
 
 def event_view(event: Event) -> dict[str, Any]:
+    return event_row_view({column: getattr(event, column) for column in EVENT_COLUMNS})
+
+
+def event_row_view(row: dict[str, Any]) -> dict[str, Any]:
+    """An event as clients see it, from its stored columns. A recalled message shows no
+    content (admins read the original through the audited admin route)."""
     view: dict[str, Any] = {
-        "id": event.id,
-        "conversation_id": event.conversation_id,  # type: ignore[attr-defined]
-        "seq": event.seq,
-        "kind": event.kind,
+        "id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "seq": row["seq"],
+        "kind": row["kind"],
         "sender": (
-            {"id": event.sender_id, "name": event.sender_name, "kind": event.sender_kind}  # type: ignore[attr-defined]
-            if event.sender_id  # type: ignore[attr-defined]
+            {"id": row["sender_id"], "name": row["sender_name"], "kind": row["sender_kind"]}
+            if row["sender_id"]
             else None
         ),
-        "body": event.body,
-        "attachments": event.attachments or [],
-        "client_id": event.client_id,
-        "created_at": iso(event.created_at),
+        "body": row["body"],
+        "attachments": row["attachments"] or [],
+        "client_id": row["client_id"],
+        "created_at": iso(row["created_at"]),
     }
-    if event.kind == "message":
-        view["recalled"] = event.recalled
-        if event.recalled:
+    if row["kind"] == "message":
+        view["recalled"] = bool(row["recalled"])
+        if row["recalled"]:
             view["body"] = None
             view["attachments"] = []
-    if event.target_id:
-        view["target_id"] = event.target_id
+    if row["target_id"]:
+        view["target_id"] = row["target_id"]
     return view
