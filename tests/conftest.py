@@ -254,3 +254,23 @@ async def live_server(database_url: str, server_env: dict[str, str]) -> AsyncIte
             for ws in live.sockets:
                 await ws.close()
             await stop_server(server)
+
+
+# Appended below the fixtures above (hence the late import): real Redis for broker tests.
+from tests.services import RedisCluster, RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session: use a unique prefix, never kill it."""
+    server = RedisServer(log_dir=tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A three-master Redis Cluster for the whole session (sharded pub/sub)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
