@@ -62,10 +62,11 @@ class Envelope:
 
 
 class Connection:
-    """One authenticated socket. Frames queue here; one writer task drains them.
+    """One authenticated socket. Frames queue here; a writer task drains them.
 
-    The queue is bounded: a socket that falls `max_queue` frames behind is closed with
-    4008 (reconnect and `sync`) rather than buffered without limit.
+    The writer exists only while there is something to send, so an idle socket costs
+    no task. The queue is bounded: a socket that falls `max_queue` frames behind is
+    closed with 4008 (reconnect and `sync`) rather than buffered without limit.
     """
 
     __slots__ = (
@@ -77,7 +78,6 @@ class Connection:
         "_send",
         "_close",
         "_queue",
-        "_wake",
         "_space",
         "_writer",
         "_max_queue",
@@ -103,11 +103,10 @@ class Connection:
         self._send = send
         self._close = close
         self._queue: deque[bytes | str] = deque()
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
+        self._space: asyncio.Event | None = None  # made when a reply waits for room
+        self._writer: asyncio.Task[None] | None = None
         self._max_queue = max_queue
         self.closed = False
-        self._writer = asyncio.create_task(self._drain())
 
     def push(self, data: bytes | str) -> None:
         if self.closed:
@@ -116,7 +115,8 @@ class Connection:
             self.close_soon(CLOSE_RESYNC, "too far behind: reconnect and sync")
             return
         self._queue.append(data)
-        self._wake.set()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def push_frame(self, frame: dict[str, Any]) -> None:
         self.push(self.codec.encode(frame))
@@ -128,9 +128,15 @@ class Connection:
         against the bound that drops slow consumers of live events.
         """
         while len(self._queue) >= self._max_queue // 2 and not self.closed:
+            if self._space is None:
+                self._space = asyncio.Event()
             self._space.clear()
             await self._space.wait()
         self.push_frame(frame)
+
+    def _room(self) -> None:
+        if self._space is not None:
+            self._space.set()
 
     def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
         """Stop accepting frames and close the socket from a task (safe in callbacks).
@@ -143,50 +149,48 @@ class Connection:
         self.closed = True
         if not flush:
             self._queue.clear()
-        self._wake.set()
-        self._space.set()
+        self._room()
         asyncio.get_running_loop().create_task(self._close_quietly(code, reason))
 
     async def _close_quietly(self, code: int, reason: str) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
-        except (TimeoutError, asyncio.CancelledError, Exception):
-            pass
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+            except (TimeoutError, asyncio.CancelledError, Exception):
+                pass
         try:
             await self._close(code, reason)
         except Exception:  # the peer may be gone already
             pass
 
     async def _drain(self) -> None:
-        queue, wake, send = self._queue, self._wake, self._send
+        queue, send, half = self._queue, self._send, self._max_queue // 2
         try:
-            while True:
-                if not queue:
-                    if self.closed:
-                        return
-                    wake.clear()
-                    await wake.wait()
-                    continue
+            while queue:
                 await send(queue.popleft())
-                if len(queue) < self._max_queue // 2:
-                    self._space.set()
+                if len(queue) < half:
+                    self._room()
         except asyncio.CancelledError:
             raise
         except Exception:
             # The socket is gone; the reader side notices and unregisters us.
             self.closed = True
             queue.clear()
-            self._space.set()
+            self._room()
+        finally:
+            self._writer = None
 
     async def stop(self) -> None:
         self.closed = True
         self._queue.clear()
-        self._space.set()
-        self._writer.cancel()
-        try:
-            await self._writer
-        except (asyncio.CancelledError, Exception):
-            pass
+        self._room()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            try:
+                await writer
+            except (asyncio.CancelledError, Exception):
+                pass
 
 
 class _Topic:
