@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 SUBPROTOCOL_JSON = "bloomtext.v1.json"
 SUBPROTOCOL_MSGPACK = "bloomtext.v1.msgpack"
@@ -38,23 +39,25 @@ class Auth(Frame, tag="auth"):
     ticket: str | None = None
 
 
+# Required fields default to UNSET so that a missing one is told apart from an empty
+# one and answered with `invalid` naming it, with the socket kept open.
 class Send(Frame, tag="send"):
-    conversation_id: Id = ""
-    client_id: ClientId = ""
-    body: Body = ""
+    conversation_id: Id | UnsetType = UNSET
+    client_id: ClientId | UnsetType = UNSET
+    body: Body | UnsetType = UNSET
 
 
 class Read(Frame, tag="read"):
-    conversation_id: Id = ""
-    seq: Seq = 0
+    conversation_id: Id | UnsetType = UNSET
+    seq: Seq | UnsetType = UNSET
 
 
 class Typing(Frame, tag="typing"):
-    conversation_id: Id = ""
+    conversation_id: Id | UnsetType = UNSET
 
 
 class Sync(Frame, tag="sync"):
-    since: dict[Id, Seq] = {}
+    since: dict[Id, Seq] | UnsetType = UNSET
 
 
 class Ping(Frame, tag="ping"):
@@ -63,7 +66,7 @@ class Ping(Frame, tag="ping"):
 
 ClientFrame = Auth | Send | Read | Typing | Sync | Ping
 CLIENT_FRAME_TYPES = {"auth", "send", "read", "typing", "sync", "ping"}
-# Fields a frame must carry (msgspec defaults keep decoding cheap; absence is checked here).
+# Fields a frame must carry.
 REQUIRED_FIELDS: dict[type, tuple[str, ...]] = {
     Send: ("conversation_id", "client_id", "body"),
     Read: ("conversation_id", "seq"),
@@ -108,7 +111,7 @@ class Codec:
         except msgspec.DecodeError:
             raise FrameError("invalid", "frame is not valid " + self.kind) from None
         for field in REQUIRED_FIELDS.get(type(frame), ()):
-            if not getattr(frame, field) and getattr(frame, field) != 0:
+            if getattr(frame, field) is UNSET:
                 raise FrameError("invalid", f"missing field `{field}`", frame.ref)
         return frame
 

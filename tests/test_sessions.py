@@ -25,7 +25,7 @@ async def test_idle_session_ends_and_its_socket_closes(live_server: LiveServer) 
     # One socket keeps talking; the other says nothing.
     code = None
     while asyncio.get_running_loop().time() - start < 8:
-        await send(busy_ws, {"type": "ping"})
+        await send(busy_ws, {"type": "sync", "since": {}})  # activity (a ping is not)
         try:
             await asyncio.wait_for(idle_ws.recv(), 0.4)
         except TimeoutError:
