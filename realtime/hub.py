@@ -210,6 +210,7 @@ class Hub:
         self._topics: dict[str, _Topic] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.connections: set[Connection] = set()
+        self._publish_failing = False
         broker.set_handler(self._on_message)
 
     # -- membership -------------------------------------------------------------
@@ -265,9 +266,25 @@ class Hub:
 
     async def publish(
         self, topic: str, frame: dict[str, Any], *, skip_user: str | None = None
-    ) -> None:
-        """Send a frame to every socket on `topic`, on every node. May be lost."""
-        await self._broker.publish(topic, pack((skip_user, frame)))
+    ) -> bool:
+        """Send a frame to every socket on `topic`, on every node. Best effort.
+
+        Called after the change is stored, so a broker outage must not turn a stored
+        change into an error: the frame is dropped (False) and clients repair with
+        `sync`. Failures are logged once per outage, not per frame.
+        """
+        try:
+            await self._broker.publish(topic, pack((skip_user, frame)))
+        except Exception as exc:
+            if not self._publish_failing:
+                self._publish_failing = True
+                log.warning("fan-out is failing (%s); clients will repair with sync",
+                            type(exc).__name__)
+            return False
+        if self._publish_failing:
+            self._publish_failing = False
+            log.info("fan-out works again")
+        return True
 
     # -- receiving --------------------------------------------------------------
 

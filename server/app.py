@@ -57,11 +57,40 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    if is_outage(exc):
-        error = ApiError("unavailable", "a dependency is unavailable; retry later")
-        return JSON(error.body(), status_code=503, headers={"Retry-After": "2"})
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSON({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+
+class OutageAnswers:
+    """Turns "the database is down" into 503 `unavailable` on the same connection.
+
+    Starlette's catch-all handler answers and then re-raises, which makes uvicorn drop
+    the keep-alive connection; an outage is an expected state, not a crash.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watch(message):  # type: ignore[no-untyped-def]
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started or not is_outage(exc):
+                raise
+            log.warning("answered 503: %s", type(exc).__name__)
+            error = ApiError("unavailable", "a dependency is unavailable; retry later")
+            response = JSON(error.body(), status_code=503, headers={"Retry-After": "2"})
+            await response(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -124,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: _unexpected,
         },
     )
+    app.add_middleware(OutageAnswers)
     app.add_middleware(SecurityHeaders)
     return app
 

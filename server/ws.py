@@ -186,12 +186,12 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
         if allowed == 0:
             conn.push_frame(p.error_frame("rate_limited", "slow down", frame.ref))
             continue
-        if not isinstance(frame, p.Ping):
-            now = time.time()
-            if now - session.touched_at >= accounts.touch_interval(svc).total_seconds():
-                session.touched_at = now
-                await accounts.touch_session(svc, actor.session_id)
         try:
+            if not isinstance(frame, p.Ping):
+                now = time.time()
+                if now - session.touched_at >= accounts.touch_interval(svc).total_seconds():
+                    session.touched_at = now
+                    await accounts.touch_session(svc, actor.session_id)
             await _dispatch(svc, conn, actor, frame)
         except ApiError as exc:
             conn.push_frame(p.error_frame(exc.code, exc.message, frame.ref))
@@ -243,4 +243,4 @@ async def watch_sessions(svc: Services) -> None:
             if ends is None:
                 conn.close_soon(p.CLOSE_UNAUTHENTICATED, "session expired; log in again")
             else:
-                session.check_at = min(ends, now + 300.0)
+                session.check_at = min(ends, now + 60.0)  # also catches a lost logout

@@ -118,13 +118,10 @@ class SendBatcher:
                 await hook(created)
             except Exception:
                 log.exception("an after-store hook failed")
-        for event in created:
-            try:
-                await self._svc.hub.publish(
-                    conversation_topic(event["conversation_id"]), {"type": "event", "event": event}
-                )
-            except Exception:  # fan-out may be lost; clients repair with sync
-                log.warning("publishing an event failed; clients will sync")
+        for event in created:  # best effort: fan-out may be lost; clients repair with sync
+            await self._svc.hub.publish(
+                conversation_topic(event["conversation_id"]), {"type": "event", "event": event}
+            )
         for item, outcome in results:
             if item.future.done():
                 continue
