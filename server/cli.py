@@ -35,8 +35,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # Deflate off: a small compressed frame must not inflate into memory,
         # and it costs tens of KiB per connection.
         ws_per_message_deflate=False,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=10,

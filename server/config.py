@@ -45,6 +45,7 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_WS_BURST",
         "BLOOMTEXT_WS_SEND_QUEUE",
         "BLOOMTEXT_WS_AUTH_TIMEOUT",
+        "BLOOMTEXT_WS_PING_SECONDS",
     }
 )
 
@@ -82,6 +83,9 @@ class Settings:
     ws_burst: int = 200
     ws_send_queue: int = 1000
     ws_auth_timeout: float = 10.0
+    # The server pings every socket this often and drops one that has not answered
+    # within as long again (a dead peer, a half-open TCP connection).
+    ws_ping_seconds: float = 20.0
     max_json_bytes: int = 1024 * 1024
     ws_max_frame_bytes: int = 64 * 1024
 
@@ -239,4 +243,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ws_burst=_int(env, "BLOOMTEXT_WS_BURST", 200, minimum=1),
         ws_send_queue=_int(env, "BLOOMTEXT_WS_SEND_QUEUE", 1000, minimum=10),
         ws_auth_timeout=_float(env, "BLOOMTEXT_WS_AUTH_TIMEOUT", 10.0),
+        ws_ping_seconds=_float(env, "BLOOMTEXT_WS_PING_SECONDS", 20.0),
     )

@@ -255,3 +255,39 @@ async def test_logout_closes_that_sessions_sockets(live_server: LiveServer) -> N
     assert await _closed_with(ws_second) == 4001
     await send(ws_first, {"type": "ping", "ref": 1})
     assert (await expect(ws_first, "pong"))["ref"] == 1
+
+
+@pytest.mark.parametrize("server_env", [{"BLOOMTEXT_WS_PING_SECONDS": "0.5"}], indirect=True)
+async def test_a_peer_that_stops_answering_pings_is_dropped(live_server: LiveServer) -> None:
+    admin = await live_server.signup()
+    # A raw TCP client: it completes the handshake and `auth`, then never reads again,
+    # so it never answers the server's pings (a dead peer).
+    host, port = live_server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    payload = json.dumps({"type": "auth", "token": admin.token}).encode()
+    mask = b"\x00\x00\x00\x00"  # a zero mask leaves the payload as it is
+    writer.write(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + payload)
+    await writer.drain()
+    # The server's other sockets see the session's socket go: count them via a second one.
+    watcher = await live_server.socket(admin)
+    await send(watcher, {"type": "ping", "ref": 1})
+    await expect(watcher, "pong")
+    data = b""
+    try:
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(65536):  # pings, `ready`, then the close
+                data += chunk
+    except TimeoutError:
+        pytest.fail("the server kept a peer that never answered its pings")
+    finally:
+        writer.close()
+    assert b"\x88" in data  # a close frame came before EOF
+    # The live socket, which answers pings, is still served.
+    await send(watcher, {"type": "ping", "ref": 2})
+    assert (await expect(watcher, "pong"))["ref"] == 2
