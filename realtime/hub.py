@@ -26,6 +26,8 @@ from realtime.protocol import (
 
 log = logging.getLogger("bloomtext.hub")
 
+PUBLISH_QUEUE = 10_000  # frames waiting for the broker before new ones are dropped
+
 SendFn = Callable[[bytes | str], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
 # Reads events (after, before) exclusive of both ends from storage, in seq order.
@@ -211,6 +213,9 @@ class Hub:
         self._locks: dict[str, asyncio.Lock] = {}
         self.connections: set[Connection] = set()
         self._publish_failing = False
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_full = False
+        self._publisher: asyncio.Task[None] | None = None
         broker.set_handler(self._on_message)
 
     # -- membership -------------------------------------------------------------
@@ -273,8 +278,39 @@ class Hub:
         change into an error: the frame is dropped (False) and clients repair with
         `sync`. Failures are logged once per outage, not per frame.
         """
+        return await self._publish_packed(topic, pack((skip_user, frame)))
+
+    def publish_soon(
+        self, topic: str, frame: dict[str, Any], *, skip_user: str | None = None
+    ) -> None:
+        """Queue a frame for publishing without waiting for the broker.
+
+        For the send path: a slow or hanging broker must not hold back acks or the next
+        batch of writes. One task publishes in queue order. When `PUBLISH_QUEUE` frames
+        are waiting, new ones are dropped (and logged): the hubs fill such gaps from
+        storage when the next event of the conversation arrives, and clients `sync`.
+        """
+        if len(self._outbox) >= PUBLISH_QUEUE:
+            if not self._outbox_full:
+                self._outbox_full = True
+                log.warning("publish queue full (%d); dropping fan-out", PUBLISH_QUEUE)
+            return
+        self._outbox_full = False
+        self._outbox.append((topic, pack((skip_user, frame))))
+        if self._publisher is None:
+            self._publisher = asyncio.get_running_loop().create_task(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
         try:
-            await self._broker.publish(topic, pack((skip_user, frame)))
+            while self._outbox:
+                topic, data = self._outbox.popleft()
+                await self._publish_packed(topic, data)
+        finally:
+            self._publisher = None
+
+    async def _publish_packed(self, topic: str, data: bytes) -> bool:
+        try:
+            await self._broker.publish(topic, data)
         except Exception as exc:
             if not self._publish_failing:
                 self._publish_failing = True
@@ -364,6 +400,13 @@ class Hub:
             conn.push(env.encoded(conn.codec))
 
     async def close(self) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.cancel()
+            try:
+                await publisher
+            except (asyncio.CancelledError, Exception):
+                pass
         for conn in list(self.connections):
             conn.close_soon(1001, "server shutting down")
         self.connections.clear()

@@ -118,8 +118,8 @@ class SendBatcher:
                 await hook(created)
             except Exception:
                 log.exception("an after-store hook failed")
-        for event in created:  # best effort: fan-out may be lost; clients repair with sync
-            await self._svc.hub.publish(
+        for event in created:  # queued, so a slow broker never holds back acks or writes
+            self._svc.hub.publish_soon(
                 conversation_topic(event["conversation_id"]), {"type": "event", "event": event}
             )
         for item, outcome in results:
