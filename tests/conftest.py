@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from server.cli import uvicorn_config
 from server.config import load_settings
 from storage import db
-from tests.services import PostgresCluster, find_free_port
+from tests.services import PostgresCluster, create_database, drop_database, find_free_port
 
 FRAME_TIMEOUT = 5.0
 _counter = itertools.count()
@@ -52,27 +52,6 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cluster.close()
 
 
-async def _create_pg_database(base: str, name: str) -> str:
-    import asyncpg
-
-    conn = await asyncpg.connect(base + "/postgres")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{base}/{name}"
-
-
-async def _drop_pg_database(base: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(base + "/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database_url(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -85,10 +64,10 @@ async def database_url(
         return
     base = request.getfixturevalue("postgres_server")
     name = f"bt_test_{os.getpid()}_{next(_counter)}"
-    url = await _create_pg_database(base, name)
+    url = await create_database(base, name)
     await db.migrate(url)
     yield url
-    await _drop_pg_database(base, name)
+    await drop_database(base, name)
 
 
 @dataclass

@@ -80,27 +80,6 @@ async def migrate(database_url: str, timeout: float = 60.0) -> None:
     assert proc.returncode == 0, f"migrate exited {proc.returncode}:\n{out.decode()}"
 
 
-async def create_database(base_url: str, name: str) -> str:
-    import asyncpg
-
-    conn = await asyncpg.connect(base_url + "/postgres", timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{base_url}/{name}"
-
-
-async def drop_database(base_url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(base_url + "/postgres", timeout=10)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 class Node:
     """One `python -m server serve` process on 127.0.0.1:PORT."""
 

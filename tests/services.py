@@ -478,3 +478,27 @@ class RedisCluster:
             return True
 
         _wait_until(all_ok, f"Redis Cluster on ports {self.ports}", log, WAIT_SECONDS)
+
+
+# -- databases on a PostgreSQL server (asyncpg) --------------------------------
+
+
+async def create_database(base_url: str, name: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(base_url + "/postgres", timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base_url}/{name}"
+
+
+async def drop_database(base_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base_url + "/postgres", timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

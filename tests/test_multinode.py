@@ -31,15 +31,13 @@ from tests.nodes import (
     Node,
     add_member,
     create_conversation,
-    create_database,
-    drop_database,
     login,
     migrate,
     signup,
     statuses_on_one_connection,
     stored_events,
 )
-from tests.services import PostgresCluster, RedisServer
+from tests.services import PostgresCluster, RedisServer, create_database, drop_database
 
 pytestmark = pytest.mark.postgres
 
