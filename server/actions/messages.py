@@ -28,6 +28,10 @@ from storage.outage import is_outage
 log = logging.getLogger("bloomtext.messages")
 
 MAX_BODY = 10_000
+# Sends waiting for the writer. Past this the node is overloaded: new sends are refused
+# with `unavailable` (the client retries with the same client_id) instead of queueing
+# without limit while acks fall ever further behind.
+MAX_PENDING_SENDS = 20_000
 
 
 @dataclass
@@ -68,6 +72,8 @@ class SendBatcher:
         self, actor: Actor, conversation_id: str, client_id: str, body: str
     ) -> tuple[dict[str, Any], bool]:
         """Store a message; returns (event, created). Raises ApiError."""
+        if self._queue.qsize() >= MAX_PENDING_SENDS:
+            raise ApiError("unavailable", "the server is overloaded; retry with the same client_id")
         future: asyncio.Future[tuple[dict[str, Any], bool]] = (
             asyncio.get_running_loop().create_future()
         )
