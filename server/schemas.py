@@ -10,8 +10,9 @@ from msgspec import Meta, Struct
 from realtime.protocol import ClientId
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Email = Annotated[str, Meta(min_length=3, max_length=320)]
+Email = Annotated[str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
+NewPassword = Annotated[str, Meta(min_length=8, max_length=1024)]
 Text = Annotated[str, Meta(min_length=1, max_length=10_000)]
 Timestamp = Annotated[str, Meta(description="ISO 8601 UTC with milliseconds")]
 
@@ -24,7 +25,7 @@ class SignupBody(Body):
     org_name: Name
     name: Name
     email: Email
-    password: Password
+    password: NewPassword
 
 
 class LoginBody(Body):
@@ -36,7 +37,7 @@ class MemberBody(Body):
     email: Email
     name: Name
     role: Literal["admin", "member"] = "member"
-    password: Password | None = None
+    password: NewPassword | None = None
 
 
 class BotBody(Body):

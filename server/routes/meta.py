@@ -14,6 +14,12 @@ from server.http import JSON, ROUTES, route, services
 from storage import db
 
 CHECK_TIMEOUT = 2.0
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "after": {"type": "integer", "minimum": 0},
+    "limit": {"type": "integer", "minimum": 1, "description": "bounded per route"},
+    "cursor": {"type": "string", "description": "the `next` of the previous page"},
+    "kind": {"type": "string", "enum": ["internal", "patient"]},
+}
 
 
 @route("GET", "/healthz", "The process is up", response=s.Health, auth=False, tag="ops")
@@ -62,8 +68,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_params(spec.path)
         ] + [
-            {"name": name, "in": "query", "required": False,
-             "schema": {"type": "integer" if name in ("after", "limit") else "string"}}
+            {"name": name, "in": "query", "required": False, "schema": QUERY_SCHEMAS[name]}
             for name in spec.query
         ]
         if params:
@@ -85,6 +90,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         statuses = set(spec.errors)
         if spec.body is not None:
             statuses |= {413, 422}
+        if spec.query:
+            statuses.add(422)
         if spec.auth:
             statuses.add(401)
         for status in sorted(statuses):
