@@ -269,26 +269,17 @@ class Hub:
 
     # -- publishing -------------------------------------------------------------
 
-    async def publish(
-        self, topic: str, frame: dict[str, Any], *, skip_user: str | None = None
-    ) -> bool:
-        """Send a frame to every socket on `topic`, on every node. Best effort.
-
-        Called after the change is stored, so a broker outage must not turn a stored
-        change into an error: the frame is dropped (False) and clients repair with
-        `sync`. Failures are logged once per outage, not per frame.
-        """
-        return await self._publish_packed(topic, pack((skip_user, frame)))
-
-    def publish_soon(
+    def publish(
         self, topic: str, frame: dict[str, Any], *, skip_user: str | None = None
     ) -> None:
-        """Queue a frame for publishing without waiting for the broker.
+        """Send a frame to every socket on `topic`, on every node: queued, best effort.
 
-        For the send path: a slow or hanging broker must not hold back acks or the next
-        batch of writes. One task publishes in queue order. When `PUBLISH_QUEUE` frames
-        are waiting, new ones are dropped (and logged): the hubs fill such gaps from
-        storage when the next event of the conversation arrives, and clients `sync`.
+        Called after the change is stored, so the broker's health must neither turn a
+        stored change into an error nor hold back acks, answers or the next batch of
+        writes: one task publishes in queue order, and a failure is logged once per
+        outage. When `PUBLISH_QUEUE` frames are waiting, new ones are dropped (logged):
+        hubs fill event gaps from storage when the next event of a conversation arrives,
+        and clients `sync`.
         """
         if len(self._outbox) >= PUBLISH_QUEUE:
             if not self._outbox_full:
@@ -308,7 +299,7 @@ class Hub:
         finally:
             self._publisher = None
 
-    async def _publish_packed(self, topic: str, data: bytes) -> bool:
+    async def _publish_packed(self, topic: str, data: bytes) -> None:
         try:
             await self._broker.publish(topic, data)
         except Exception as exc:
@@ -316,11 +307,10 @@ class Hub:
                 self._publish_failing = True
                 log.warning("fan-out is failing (%s); clients will repair with sync",
                             type(exc).__name__)
-            return False
+            return
         if self._publish_failing:
             self._publish_failing = False
             log.info("fan-out works again")
-        return True
 
     # -- receiving --------------------------------------------------------------
 

@@ -390,7 +390,7 @@ async def test_frame_published_on_one_hub_reaches_a_socket_on_another(
         await hub_b.register(conn)
         await hub_b.join(conn, "c:conv1", last_seq=0)
         frame = {"type": "typing", "conversation_id": "conv1", "user_id": "u2"}
-        await hub_a.publish("c:conv1", frame)
+        hub_a.publish("c:conv1", frame)
         async with asyncio.timeout(WAIT):
             await arrived.wait()
         assert CODECS[SUBPROTOCOL_JSON].decode_raw(sent[0]) == frame

@@ -162,7 +162,7 @@ async def logout(svc: Services, actor: Actor) -> None:
 
 
 async def end_session_sockets(svc: Services, session_id: str, reason: str) -> None:
-    await svc.hub.publish(
+    svc.hub.publish(
         session_topic(session_id), {"type": "close", "code": 4001, "reason": reason}
     )
 

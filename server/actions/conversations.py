@@ -99,7 +99,7 @@ async def create_conversation(
         await Participant.bulk_create(participants)
     views = [participant_view(p, people[p.user_id]) for p in participants]  # type: ignore[attr-defined]
     for user in people.values():
-        await svc.hub.publish(
+        svc.hub.publish(
             user_topic(user.id),
             {"type": "conversation", "conversation": conversation_view(conversation, views, 0)},
         )
@@ -197,7 +197,7 @@ async def mark_read(svc: Services, actor: Actor, conversation_id: str, seq: int)
     )
     if not moved:
         return
-    await svc.hub.publish(
+    svc.hub.publish(
         conversation_topic(conversation_id),
         {
             "type": "receipt",
@@ -212,7 +212,7 @@ async def mark_read(svc: Services, actor: Actor, conversation_id: str, seq: int)
 
 async def typing(svc: Services, actor: Actor, conversation_id: str) -> None:
     await membership(actor, conversation_id)
-    await svc.hub.publish(
+    svc.hub.publish(
         conversation_topic(conversation_id),
         {"type": "typing", "conversation_id": conversation_id, "user_id": actor.id},
         skip_user=actor.id,

@@ -125,7 +125,7 @@ class SendBatcher:
             except Exception:
                 log.exception("an after-store hook failed")
         for event in created:  # queued, so a slow broker never holds back acks or writes
-            self._svc.hub.publish_soon(
+            self._svc.hub.publish(
                 conversation_topic(event["conversation_id"]), {"type": "event", "event": event}
             )
         for item, outcome in results:
