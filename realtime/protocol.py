@@ -23,11 +23,17 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_GOING_AWAY = 1001
 
-Ref = Annotated[str | int, msgspec.Meta(description="echoed on the reply")] | None
+# Integers stay within what JSON clients (doubles) and msgpack (64 bits) both carry.
+MAX_INT = 2**53 - 1
+Ref = (
+    Annotated[str, msgspec.Meta(max_length=128)]
+    | Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
+    | None
+)
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 
 
 class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
@@ -131,11 +137,22 @@ class Codec:
             return FrameError("invalid", "frame is not valid " + self.kind)
         if not isinstance(raw, dict):
             return FrameError("invalid", "a frame is an object with a `type`")
-        ref = raw.get("ref") if isinstance(raw.get("ref"), str | int) else None
+        ref = raw.get("ref")
+        if not _is_ref(ref):
+            ref = None
         kind = raw.get("type")
-        if kind not in CLIENT_FRAME_TYPES:
-            return FrameError("invalid", f"unknown frame type {kind!r}", ref)
+        if not isinstance(kind, str) or kind not in CLIENT_FRAME_TYPES:
+            shown = repr(kind)[:40]
+            return FrameError("invalid", f"unknown frame type {shown}", ref)
         return FrameError("invalid", str(exc), ref)
+
+
+def _is_ref(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -MAX_INT <= value <= MAX_INT
+    return isinstance(value, str) and len(value) <= 128
 
 
 CODECS = {name: Codec(name) for name in SUBPROTOCOLS}

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from realtime.protocol import ClientId
+from realtime.protocol import ClientId, Seq
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Email = Annotated[str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
@@ -64,7 +64,7 @@ class MessageBody(Body):
 
 
 class ReadBody(Body):
-    seq: Annotated[int, Meta(ge=0)]
+    seq: Seq
 
 
 # -- responses (documentation; the handlers build the same shapes) ---------------

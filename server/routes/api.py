@@ -151,7 +151,7 @@ async def list_events(request: Request) -> Response:
     actor = await actor_of(request)
     result = await conversations.list_events(
         services(request), actor, request.path_params["conversation_id"],
-        after=int_param(request, "after", 0, 0, 2**62),
+        after=int_param(request, "after", 0, 0, 2**53 - 1),
         limit=int_param(request, "limit", 100, 1, 1000),
     )
     return JSON(result)
