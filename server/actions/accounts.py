@@ -229,7 +229,8 @@ async def list_members(
         query = query.filter(id__gt=after[1])
     users = await query.order_by("id").limit(limit + 1)
     page = users[:limit]
-    next_key = (page[-1].created_at.isoformat(), page[-1].id) if len(users) > limit else None
+    # Keyset on id: the cursor's first part is unused for members (kept for one format).
+    next_key = ("id", page[-1].id) if len(users) > limit else None
     return [user_view(u) for u in page], next_key
 
 
