@@ -20,7 +20,9 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.mark.timeout(240)
-async def test_the_api_holds_to_its_own_document(live_server: LiveServer) -> None:
+async def test_the_api_holds_to_its_own_document(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     admin = await live_server.signup()
     member = await live_server.add_member(admin)
     await live_server.conversation(admin, member)
@@ -33,6 +35,7 @@ async def test_the_api_holds_to_its_own_document(live_server: LiveServer) -> Non
         "response_schema_conformance",
         "--max-examples", "25", "--request-timeout", "10", "--seed", "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # it keeps a cache folder where it runs
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 200)
     text = out.decode(errors="replace")
