@@ -30,9 +30,12 @@ Ref = (
     | Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
     | None
 )
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Text may hold anything but NUL, which PostgreSQL cannot store in a text column.
+NO_NUL = r"^[^\x00]*$"
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"  # what the server's ids are made of (at most 32 long)
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=ID_PATTERN)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000, pattern=NO_NUL)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 
 

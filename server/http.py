@@ -13,6 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from realtime.protocol import ID_PATTERN
 from server.actions import accounts
 from server.actions.context import Actor, Services
 from server.errors import ApiError
@@ -92,6 +93,17 @@ async def actor_of(request: Request) -> Actor:
     return await accounts.authenticate(services(request), secret.strip())
 
 
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def path_id(request: Request, name: str) -> str:
+    """An id from the path. One that no id could match is simply not found."""
+    value = request.path_params[name]
+    if len(value) > 32 or not _ID_RE.match(value):
+        raise ApiError("not_found", f"{name.removesuffix('_id')} not found")
+    return value
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -125,7 +137,11 @@ def decode_cursor(request: Request) -> tuple[str, str] | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, str) and len(v) <= 64 and "\x00" not in v for v in value)
+        ):
             return value[0], value[1]
     except (ValueError, UnicodeDecodeError):
         pass

@@ -7,13 +7,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from realtime.protocol import ClientId, Seq
+from realtime.protocol import NO_NUL, ClientId, Id, Seq
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Email = Annotated[str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Email = Annotated[
+    str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
+]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
 NewPassword = Annotated[str, Meta(min_length=8, max_length=1024)]
-Text = Annotated[str, Meta(min_length=1, max_length=10_000)]
+Text = Annotated[str, Meta(min_length=1, max_length=10_000, pattern=NO_NUL)]
 Timestamp = Annotated[str, Meta(description="ISO 8601 UTC with milliseconds")]
 
 
@@ -45,15 +47,15 @@ class BotBody(Body):
 
 
 class Target(Body):
-    user_id: str | None = None
-    email: str | None = None
+    user_id: Id | None = None
+    email: Email | None = None
     patient_id: str | None = None
     patient: dict[str, Any] | None = None
 
 
 class ConversationBody(Body):
     to: Annotated[list[Target], Meta(min_length=1, max_length=100)]
-    subject: Annotated[str, Meta(max_length=300)] | None = None
+    subject: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] | None = None
     phone_number_id: str | None = None
     channel: Literal["secure_sms", "sms", "secure_email"] | None = None
 

@@ -238,6 +238,12 @@ async def test_bad_input_is_4xx_in_the_error_shape(live_server: LiveServer) -> N
         ("/api/v1/conversations", b'{"to": []}', 422, "invalid", "to"),
         ("/api/v1/conversations", b'{"to": [{"user_id": "us_nobody"}]}', 404, "not_found", None),
         (f"/api/v1/conversations/{cid}/read", b'{"seq": -1}', 422, "invalid", "seq"),
+        # NUL cannot be stored in PostgreSQL text: refused at the edge, never a 5xx.
+        (url, b'{"body": "a\\u0000b", "client_id": "nul"}', 422, "invalid", "body"),
+        ("/api/v1/signup", b'{"org_name": "a", "name": "b\\u0000", "email": "n@x.test", '
+         b'"password": "password-1"}', 422, "invalid", "name"),
+        ("/api/v1/conversations/cv%00x/messages", b'{"body": "x", "client_id": "a"}', 404,
+         "not_found", None),
     ]
     for path, raw, status, code, field in cases:
         r = await live_server.http.post(path, content=raw, headers=h)
@@ -251,6 +257,7 @@ async def test_bad_input_is_4xx_in_the_error_shape(live_server: LiveServer) -> N
         (f"/api/v1/conversations/{cid}/events", {"limit": 0}),
         (f"/api/v1/conversations/{cid}/events", {"limit": 5000}),
         ("/api/v1/conversations", {"cursor": "%%%"}),
+        ("/api/v1/conversations", {"cursor": "WyJ4IiwgIlx1MDAwMCJd"}),  # ["x", "\u0000"]
         ("/api/v1/conversations", {"kind": "nonsense"}),
     ]:
         r = await live_server.http.get(path, params=params, headers=admin.headers)

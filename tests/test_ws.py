@@ -171,6 +171,10 @@ async def test_bad_frames_get_errors_and_the_socket_stays(live_server: LiveServe
         (json.dumps({"type": "send", "ref": 9, "conversation_id": foreign, "client_id": "q",
                      "body": "sneaky"}), 9, "not_found"),
         (json.dumps({"type": "sync", "ref": 10, "since": {foreign: 0}}), 10, "not_found"),
+        (json.dumps({"type": "send", "ref": 13, "conversation_id": foreign, "client_id": "n",
+                     "body": "a\u0000b"}), 13, "invalid"),
+        (json.dumps({"type": "typing", "ref": 14, "conversation_id": "cv\u0000"}), 14,
+         "invalid"),
     ]
     for raw, ref, code in cases:
         await ws.send(raw)

@@ -15,6 +15,7 @@ from server.http import (
     encode_cursor,
     int_param,
     parse,
+    path_id,
     route,
     services,
 )
@@ -129,7 +130,7 @@ async def list_conversations(request: Request) -> Response:
 async def get_conversation(request: Request) -> Response:
     actor = await actor_of(request)
     return JSON(await conversations.get_conversation(
-        services(request), actor, request.path_params["conversation_id"]))
+        services(request), actor, path_id(request, "conversation_id")))
 
 
 @route("POST", f"{API}/conversations/{{conversation_id}}/messages",
@@ -139,7 +140,7 @@ async def send_message(request: Request) -> Response:
     actor = await actor_of(request)
     body = await parse(request, s.MessageBody)
     event, created = await messages.send_message(
-        services(request), actor, request.path_params["conversation_id"],
+        services(request), actor, path_id(request, "conversation_id"),
         client_id=body.client_id, body=body.body,
     )
     return JSON(event, status_code=201 if created else 200)
@@ -150,7 +151,7 @@ async def send_message(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     actor = await actor_of(request)
     result = await conversations.list_events(
-        services(request), actor, request.path_params["conversation_id"],
+        services(request), actor, path_id(request, "conversation_id"),
         after=int_param(request, "after", 0, 0, 2**53 - 1),
         limit=int_param(request, "limit", 100, 1, 1000),
     )
@@ -163,6 +164,6 @@ async def mark_read(request: Request) -> Response:
     actor = await actor_of(request)
     body = await parse(request, s.ReadBody)
     await conversations.mark_read(
-        services(request), actor, request.path_params["conversation_id"], body.seq
+        services(request), actor, path_id(request, "conversation_id"), body.seq
     )
     return Response(status_code=204)
