@@ -54,9 +54,9 @@ class Envelope:
     def __init__(self, frame: dict[str, Any], skip_user: str | None = None) -> None:
         self.frame = frame
         self.skip_user = skip_user
-        self._encoded: dict[str, bytes] = {}
+        self._encoded: dict[str, bytes | str] = {}
 
-    def encoded(self, codec: Codec) -> bytes:
+    def encoded(self, codec: Codec) -> bytes | str:
         data = self._encoded.get(codec.name)
         if data is None:
             data = self._encoded[codec.name] = codec.encode(self.frame)

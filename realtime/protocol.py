@@ -110,7 +110,10 @@ class Codec:
         else:
             self._decoder = msgspec.json.Decoder(ClientFrame)
             self._raw = msgspec.json.Decoder()
-            self.encode = msgspec.json.Encoder().encode
+            json_encode = msgspec.json.Encoder().encode
+            # Text frames carry str: decode once here, where the hub caches the result
+            # for every socket, rather than once per socket on the way out.
+            self.encode = lambda frame: json_encode(frame).decode()
 
     def decode(self, data: bytes | str) -> ClientFrame:
         try:

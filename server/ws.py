@@ -85,12 +85,11 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     hub: Hub = svc.hub
 
     async def send(data: bytes | str) -> None:
-        if isinstance(data, bytes) and not codec.binary:
-            await websocket.send({"type": "websocket.send", "text": data.decode()})
-        elif isinstance(data, bytes):
-            await websocket.send({"type": "websocket.send", "bytes": data})
-        else:
+        # The codec made str for text frames and bytes for binary ones.
+        if isinstance(data, str):
             await websocket.send({"type": "websocket.send", "text": data})
+        else:
+            await websocket.send({"type": "websocket.send", "bytes": data})
 
     async def close(code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
