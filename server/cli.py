@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import secrets
 import sys
@@ -55,7 +56,7 @@ async def seed_demo(settings: Settings) -> None:
             print(f"demo organisation already present (admin: {DEMO_ADMIN})")
             return
         svc = Services(
-            settings=Settings(**{**settings.__dict__, "signup_open": True}),
+            settings=dataclasses.replace(settings, signup_open=True),
             hub=Hub(MemoryBroker(), conversations.read_gap),
             login_limiter=LoginLimiter(5, 60),
         )
