@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Application:
         )
         svc.batcher = SendBatcher(svc)
         svc.batcher.start()
+        svc.metrics.watch_send_queue(svc.batcher.depth)
         app.state.services = svc
         app.state.broker = broker
         watcher = asyncio.get_running_loop().create_task(watch_sessions(svc))

@@ -46,6 +46,8 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_WS_SEND_QUEUE",
         "BLOOMTEXT_WS_AUTH_TIMEOUT",
         "BLOOMTEXT_WS_PING_SECONDS",
+        "BLOOMTEXT_SEND_LANES",
+        "METRICS_TOKEN",
     }
 )
 
@@ -87,6 +89,10 @@ class Settings:
     # within as long again (a dead peer, a half-open TCP connection).
     ws_ping_seconds: float = 20.0
     max_json_bytes: int = 1024 * 1024
+    # Independent send writers per node, conversations hashed onto them; None picks
+    # per database (one on SQLite, which has a single writer anyway).
+    send_lanes: int | None = None
+    metrics_token: str | None = None
     ws_max_frame_bytes: int = 64 * 1024
 
     @property
@@ -244,4 +250,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ws_send_queue=_int(env, "BLOOMTEXT_WS_SEND_QUEUE", 1000, minimum=10),
         ws_auth_timeout=_float(env, "BLOOMTEXT_WS_AUTH_TIMEOUT", 10.0),
         ws_ping_seconds=_float(env, "BLOOMTEXT_WS_PING_SECONDS", 20.0),
+        send_lanes=_lanes(env),
+        metrics_token=_metrics_token(env),
     )
+
+
+def _lanes(env: Mapping[str, str]) -> int | None:
+    if not env.get("BLOOMTEXT_SEND_LANES"):
+        return None
+    lanes = _int(env, "BLOOMTEXT_SEND_LANES", 1, minimum=1)
+    if lanes > 64:
+        raise ConfigError(f"BLOOMTEXT_SEND_LANES must be at most 64, got {lanes}")
+    return lanes
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("METRICS_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ConfigError("METRICS_TOKEN must be at least 16 characters")
+    return token

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from realtime.hub import Hub
 from server.auth import LoginLimiter
 from server.config import Settings
+from server.metrics import Metrics
 from storage.models import User
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class Services:
     hub: Hub
     login_limiter: LoginLimiter
     batcher: SendBatcher | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     after_store: list[AfterStoreHook] = field(default_factory=list)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from server.actions.context import Actor, Services
 from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import new_id, utcnow
+from server.metrics import Metrics
 from storage import queries
 from storage.outage import is_outage
 
@@ -52,6 +54,9 @@ class SendBatcher:
         self._queue: asyncio.Queue[PendingSend] = asyncio.Queue()
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -99,15 +104,17 @@ class SendBatcher:
                         )
 
     async def _store_and_publish(self, batch: list[PendingSend]) -> None:
+        metrics = self._svc.metrics
+        started = time.perf_counter()
         try:
-            results = await _store(batch)
+            results = await _store(batch, metrics)
         except IntegrityError:
             # Another node stored one of these client_ids meanwhile: go one by one,
             # and the retry finds the stored event.
             results = []
             for item in batch:
                 try:
-                    results.extend(await _store([item]))
+                    results.extend(await _store([item], metrics))
                 except Exception as exc:
                     results.append((item, _as_api_error(exc)))
         except Exception as exc:
@@ -118,6 +125,10 @@ class SendBatcher:
         for _, outcome in results:
             if isinstance(outcome, tuple) and outcome[1]:
                 created.append(outcome[0])
+        metrics.send_batches.inc()
+        metrics.send_batch_size.observe(len(batch))
+        metrics.send_batch_seconds.observe(time.perf_counter() - started)
+        metrics.messages_stored.inc(len(created))
         created.sort(key=lambda e: (e["conversation_id"], e["seq"]))
         for hook in self._svc.after_store:
             try:
@@ -149,12 +160,13 @@ def _as_api_error(exc: Exception) -> ApiError:
 Outcome = tuple[dict[str, Any], bool] | ApiError
 
 
-async def _store(batch: list[PendingSend]) -> list[tuple[PendingSend, Outcome]]:
+async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[PendingSend, Outcome]]:
     conversation_ids = sorted({item.conversation_id for item in batch})
     sender_ids = list({item.sender_id for item in batch})
     client_ids = list({item.client_id for item in batch})
     results: list[tuple[PendingSend, Outcome]] = []
     async with in_transaction() as conn:
+        locked_at = time.perf_counter()
         conversations = await queries.lock_conversations(conn, conversation_ids)
         kinds = await queries.participant_kinds(conn, conversation_ids, sender_ids)
         seen: dict[tuple[str, str], dict[str, Any]] = {
@@ -205,6 +217,8 @@ async def _store(batch: list[PendingSend]) -> list[tuple[PendingSend, Outcome]]:
             results.append((item, (view, True)))
         await queries.insert_events(conn, rows)
         await queries.set_last_seqs(conn, last_seqs, now)
+    metrics.send_lock_hold_seconds.observe(time.perf_counter() - locked_at)
+    metrics.send_lock_round_trips.inc(6)  # lock, members, client ids, insert, update, commit
     return results
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from server import schemas as s
-from server.errors import STATUS_BY_CODE
+from server.errors import STATUS_BY_CODE, ApiError
 from server.http import JSON, ROUTES, route, services
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from storage import db
 
 CHECK_TIMEOUT = 2.0
@@ -43,6 +45,21 @@ async def readyz(request: Request) -> Response:
     ok = all(v == "ok" for v in checks.values())
     return JSON({"status": "ok" if ok else "unavailable", "checks": checks},
                 status_code=200 if ok else 503)
+
+
+@route("GET", "/metrics", "This node's metrics, Prometheus text format "
+       "(Authorization: Bearer METRICS_TOKEN; 404 when METRICS_TOKEN is unset)",
+       auth=False, errors=(401, 404), tag="ops")
+async def metrics(request: Request) -> Response:
+    svc = services(request)
+    token = svc.settings.metrics_token
+    if token is None:
+        raise ApiError("not_found", "metrics are off: set METRICS_TOKEN")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             token.encode()):
+        raise ApiError("unauthenticated", "send Authorization: Bearer <METRICS_TOKEN>")
+    return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 @route("GET", "/openapi.json", "This document", auth=False, tag="ops")
