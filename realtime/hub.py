@@ -5,7 +5,7 @@ Topics: `c:<conversation_id>` (timeline events, receipts, typing, deliveries),
 `s:<session_id>` (the end of one login session: its sockets close).
 
 Per conversation, a node delivers events in `seq` order: an event that arrives
-ahead of a missing one waits while the node reads the gap from storage.
+ahead of a missing one waits for it, briefly through the broker, then from storage.
 """
 
 from __future__ import annotations
@@ -196,19 +196,35 @@ class Connection:
 
 
 class _Topic:
-    __slots__ = ("conns", "last_seq", "pending", "filling")
+    __slots__ = ("conns", "last_seq", "pending", "filling", "arrived")
 
     def __init__(self, last_seq: int | None) -> None:
         self.conns: set[Connection] = set()
         self.last_seq = last_seq
         self.pending: list[Envelope] = []
         self.filling = False
+        self.arrived: asyncio.Event | None = None  # set when an event joins `pending`
+
+
+# How long a node waits for a missing event to come through the broker before reading
+# it from storage. Nodes commit concurrently and publish independently, so events of one
+# conversation from two nodes often reach a third out of order by a fraction of a
+# millisecond; reading storage for each of those would cost every node a query per
+# event. A lost event (broker outage, a node that died between commit and publish) is
+# read from storage after this grace.
+GAP_GRACE_SECONDS = 0.02
 
 
 class Hub:
-    def __init__(self, broker: Broker, read_gap: GapReader) -> None:
+    def __init__(
+        self, broker: Broker, read_gap: GapReader, gap_grace: float = GAP_GRACE_SECONDS
+    ) -> None:
         self._broker = broker
         self._read_gap = read_gap
+        self._gap_grace = gap_grace
+        # Events that arrived ahead of a missing one, and reads of storage that followed.
+        self.gaps_seen = 0
+        self.gap_reads = 0
         self._topics: dict[str, _Topic] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.connections: set[Connection] = set()
@@ -345,12 +361,15 @@ class Hub:
         seq = env.frame["event"]["seq"]
         if state.filling:
             state.pending.append(env)
+            if state.arrived is not None:
+                state.arrived.set()
         elif state.last_seq is None or seq == state.last_seq + 1:
             state.last_seq = seq
             self._deliver(state, env)
         elif seq > state.last_seq:
             state.filling = True
             state.pending.append(env)
+            self.gaps_seen += 1
             asyncio.get_running_loop().create_task(self._fill(topic, state))
         # else: already delivered (a repeat, or read from storage while filling a gap)
 
@@ -365,6 +384,10 @@ class Hub:
                 if seq <= last:
                     continue
                 if seq > last + 1:
+                    if await self._arrives(state, last + 1):
+                        state.pending.append(env)
+                        continue
+                    self.gap_reads += 1
                     try:
                         missing = await self._read_gap(conversation_id, last, seq)
                     except Exception:
@@ -378,6 +401,26 @@ class Hub:
                 self._deliver(state, env)
         finally:
             state.filling = False
+
+    async def _arrives(self, state: _Topic, wanted: int) -> bool:
+        """Wait up to the grace for event `wanted` to come through the broker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._gap_grace
+        state.arrived = asyncio.Event()
+        try:
+            while True:
+                if any(e.frame["event"]["seq"] == wanted for e in state.pending):
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                state.arrived.clear()
+                try:
+                    await asyncio.wait_for(state.arrived.wait(), left)
+                except TimeoutError:
+                    return any(e.frame["event"]["seq"] == wanted for e in state.pending)
+        finally:
+            state.arrived = None
 
     async def _add_to_conversation(self, state: _Topic, env: Envelope) -> None:
         """A user was added to a conversation: their sockets join its topic, then hear of it."""

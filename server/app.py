@@ -34,6 +34,7 @@ from storage import db
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext")
+DEFAULT_POSTGRES_LANES = 4
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -133,6 +134,15 @@ class Application:
             await self.app(scope, receive, send)
 
 
+def send_lanes(settings: Settings) -> int:
+    """Writers per node. SQLite has one writer per database, so more lanes would only
+    queue on its lock; on PostgreSQL, lanes keep a slow batch from holding back the
+    conversations of the others."""
+    if settings.send_lanes is not None:
+        return settings.send_lanes
+    return 1 if settings.database_url.startswith("sqlite") else DEFAULT_POSTGRES_LANES
+
+
 def create_app(settings: Settings | None = None) -> Application:
     settings = settings or load_settings()
 
@@ -147,9 +157,10 @@ def create_app(settings: Settings | None = None) -> Application:
             hub=hub,
             login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
         )
-        svc.batcher = SendBatcher(svc)
+        svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()
         svc.metrics.watch_send_queue(svc.batcher.depth)
+        svc.metrics.watch_hub(hub)
         app.state.services = svc
         app.state.broker = broker
         watcher = asyncio.get_running_loop().create_task(watch_sessions(svc))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import connections
 
 MODELS_MODULE = "storage.models"
@@ -36,7 +37,19 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
     }
 
 
+# Connections per node when DATABASE_URL does not say (`?minsize=N&maxsize=N`): the
+# send lanes (4 by default) each use one at a time, and HTTP requests and the hubs' gap
+# reads need some beside them. Opened at start, so that the first burst of sends does
+# not wait for new connections (tortoise's defaults are 1 and 5).
+DEFAULT_POOL = {"minsize": 5, "maxsize": 10}
+
+
 def _normalise_url(url: str) -> str:
+    if url.startswith(("postgres://", "asyncpg://", "psycopg://")):
+        for name, size in DEFAULT_POOL.items():
+            if f"{name}=" not in url:
+                url = f"{url}{'&' if '?' in url else '?'}{name}={size}"
+        return url
     if url.startswith("sqlite://") and url != "sqlite://:memory:":
         path = url[len("sqlite://") :]
         Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +77,12 @@ async def migrate(database_url: str) -> None:
 
     await run_migrations(config=tortoise_config(database_url))
     await Tortoise.close_connections()
+
+
+def connection() -> BaseDBAsyncClient:
+    """The connection (a pool on PostgreSQL) of the one database this process serves."""
+    (label,) = connections.db_config
+    return connections.get(label)
 
 
 async def ping(database_url: str) -> None:

@@ -51,6 +51,32 @@ async def test_a_gap_is_filled_from_storage_before_later_events() -> None:
     seqs = [CODECS[SUBPROTOCOL_JSON].decode_raw(d)["event"]["seq"] for d in received]
     assert seqs == [2, 3, 4, 5]
     assert len(reads) == 1 and reads[0][0] == 1  # one read for the whole gap
+    assert hub.gap_reads == 1
+    await hub.unregister(conn)
+
+
+async def test_events_a_moment_out_of_order_need_no_read_of_storage() -> None:
+    """Two nodes commit seqs 2 and 3 together and publish independently: 3 may arrive
+    first. The hub waits briefly for 2 through the broker instead of reading storage."""
+    reads: list[tuple[int, int]] = []
+
+    async def read_gap(conversation_id: str, after: int, before: int) -> list[dict[str, Any]]:
+        reads.append((after, before))
+        return []
+
+    broker = MemoryBroker()
+    hub = Hub(broker, read_gap, gap_grace=1.0)
+    conn, received, _ = await _collector(hub)
+    topic = conversation_topic("cv_1")
+    await hub.join(conn, topic, last_seq=1)
+    await broker.publish(topic, pack((None, {"type": "event", "event": _event(3)})))
+    await asyncio.sleep(0.05)
+    assert received == []  # 3 waits for 2
+    await broker.publish(topic, pack((None, {"type": "event", "event": _event(2)})))
+    await asyncio.sleep(0.05)
+    seqs = [CODECS[SUBPROTOCOL_JSON].decode_raw(d)["event"]["seq"] for d in received]
+    assert seqs == [2, 3]
+    assert reads == [] and hub.gaps_seen == 1 and hub.gap_reads == 0
     await hub.unregister(conn)
 
 

@@ -58,8 +58,12 @@ class TestWithToken:
         assert sample(text, "bloomtext_messages_stored_total") == 3
         batches = sample(text, "bloomtext_send_batches_total")
         assert batches == 4
-        assert sample(text, "bloomtext_send_lock_hold_seconds_count") == batches
+        # The retry's batch wrote nothing, so it took no lock.
+        assert sample(text, "bloomtext_send_lock_hold_seconds_count") == 3
         hold = sample(text, "bloomtext_send_lock_hold_seconds_sum")
         assert 0 < hold < sample(text, "bloomtext_send_batch_seconds_sum")
-        assert sample(text, "bloomtext_send_lock_round_trips_total") >= batches
+        # PostgreSQL: one statement that locks, writes and commits. SQLite: its write
+        # transaction (update, insert, commit) on the process's own connection.
+        per_hold = 3 if live_server.settings.database_url.startswith("sqlite") else 1
+        assert sample(text, "bloomtext_send_lock_round_trips_total") == 3 * per_hold
         assert sample(text, "bloomtext_send_queue_depth") == 0

@@ -1,10 +1,18 @@
 """Sending messages: the one path for HTTP and /ws, with writes batched.
 
-Concurrent sends are stored together: one transaction locks each touched
-conversation row (PostgreSQL `FOR UPDATE`; SQLite has one writer), gives each new
-event the next seq, inserts them all at once and commits. Only then are they
-published and acknowledged. A (sender, client_id) pair seen before returns the first
-event: retries never duplicate.
+Concurrent sends are stored together by a writer. Everything that needs no lock is
+done first, outside any transaction: membership, earlier client_ids, building the
+rows. Then one statement locks the touched conversation rows, gives each new event
+the next seq, inserts them and moves `last_seq`, and commits (`queries.append_events`).
+Only then are the events acknowledged and published. A (sender, client_id) pair seen
+before returns the first event: retries never duplicate, across nodes too (a unique
+index catches the race between the check and the write).
+
+Each node runs several writers ("lanes"); a conversation always goes to the same lane
+(so its events are published in seq order), and a slow batch holds back only its own
+lane's conversations. Whatever later features add to a send (outbox rows, audit rows)
+belongs in the checks before the write or in the write statement itself, never
+between the lock and the commit.
 """
 
 from __future__ import annotations
@@ -12,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
-from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic
 from server.actions.context import Actor, Services
@@ -24,7 +32,7 @@ from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import new_id, utcnow
 from server.metrics import Metrics
-from storage import queries
+from storage import db, queries
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext.messages")
@@ -34,6 +42,11 @@ MAX_BODY = 10_000
 # with `unavailable` (the client retries with the same client_id) instead of queueing
 # without limit while acks fall ever further behind.
 MAX_PENDING_SENDS = 20_000
+
+
+def lane_of(conversation_id: str, lanes: int) -> int:
+    """A stable hash (not Python's per-process one): the same lane for the same id."""
+    return zlib.crc32(conversation_id.encode()) % lanes
 
 
 @dataclass
@@ -47,52 +60,60 @@ class PendingSend:
 
 
 class SendBatcher:
-    """Collects concurrent sends and stores each batch in one transaction."""
+    """Collects concurrent sends into batches, one writer task per lane."""
 
-    def __init__(self, svc: Services, max_batch: int = 200) -> None:
+    def __init__(self, svc: Services, lanes: int = 1, max_batch: int = 200) -> None:
         self._svc = svc
-        self._queue: asyncio.Queue[PendingSend] = asyncio.Queue()
+        self._queues: list[asyncio.Queue[PendingSend]] = [asyncio.Queue() for _ in range(lanes)]
         self._max_batch = max_batch
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def lanes(self) -> int:
+        return len(self._queues)
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        return sum(queue.qsize() for queue in self._queues)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(queue)) for queue in self._queues]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(ApiError("unavailable", "server shutting down"))
+        for queue in self._queues:
+            while not queue.empty():
+                item = queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(ApiError("unavailable", "server shutting down"))
+
 
     async def submit(
         self, actor: Actor, conversation_id: str, client_id: str, body: str
     ) -> tuple[dict[str, Any], bool]:
         """Store a message; returns (event, created). Raises ApiError."""
-        if self._queue.qsize() >= MAX_PENDING_SENDS:
+        if self.depth() >= MAX_PENDING_SENDS:
             raise ApiError("unavailable", "the server is overloaded; retry with the same client_id")
         future: asyncio.Future[tuple[dict[str, Any], bool]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.put_nowait(
+        self._queues[lane_of(conversation_id, len(self._queues))].put_nowait(
             PendingSend(conversation_id, actor.id, actor.user.name, client_id, body, future)
         )
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[PendingSend]) -> None:
         while True:
-            first = await self._queue.get()
+            first = await queue.get()
             batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
             try:
                 await self._store_and_publish(batch)
             except Exception:  # never let one bad batch stop the writer
@@ -109,8 +130,8 @@ class SendBatcher:
         try:
             results = await _store(batch, metrics)
         except IntegrityError:
-            # Another node stored one of these client_ids meanwhile: go one by one,
-            # and the retry finds the stored event.
+            # Another writer stored one of these client_ids between our check and our
+            # write: go one by one, and the retry finds the stored event.
             results = []
             for item in batch:
                 try:
@@ -161,64 +182,76 @@ Outcome = tuple[dict[str, Any], bool] | ApiError
 
 
 async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[PendingSend, Outcome]]:
+    conn = db.connection()
     conversation_ids = sorted({item.conversation_id for item in batch})
     sender_ids = list({item.sender_id for item in batch})
     client_ids = list({item.client_id for item in batch})
-    results: list[tuple[PendingSend, Outcome]] = []
-    async with in_transaction() as conn:
-        locked_at = time.perf_counter()
-        conversations = await queries.lock_conversations(conn, conversation_ids)
-        kinds = await queries.participant_kinds(conn, conversation_ids, sender_ids)
-        seen: dict[tuple[str, str], dict[str, Any]] = {
-            (row["sender_id"], row["client_id"]): event_row_view(row)
-            for row in await queries.events_by_client_id(conn, sender_ids, client_ids)
+    # Checks first, without locks. A participant removed between this check and the
+    # write may still get this one message in: it is ordered before the removal.
+    kinds = await queries.participant_kinds(conn, conversation_ids, sender_ids)
+    seen: dict[tuple[str, str], dict[str, Any]] = {
+        (row["sender_id"], row["client_id"]): row
+        for row in await queries.events_by_client_id(conn, sender_ids, client_ids)
+    }
+    stored_before = {id(row) for row in seen.values()}
+    now = utcnow()
+    new_rows: list[dict[str, Any]] = []
+    decided: list[tuple[PendingSend, ApiError | dict[str, Any]]] = []
+    for item in batch:
+        key = (item.sender_id, item.client_id)
+        kind = kinds.get((item.conversation_id, item.sender_id))
+        if kind is None:
+            decided.append((item, not_found("conversation")))
+            continue
+        previous = seen.get(key)
+        if previous is not None:
+            if previous["conversation_id"] != item.conversation_id:
+                decided.append((item, ApiError(
+                    "conflict",
+                    "this client_id was already used for another conversation",
+                    {"fields": {"client_id": "reused"}},
+                )))
+            else:
+                decided.append((item, previous))
+            continue
+        row = {
+            "id": new_id("ev"),
+            "conversation_id": item.conversation_id,
+            "seq": 0,  # given by the write
+            "kind": "message",
+            "sender_id": item.sender_id,
+            "sender_name": item.sender_name,
+            "sender_kind": kind,
+            "body": item.body,
+            "attachments": [],
+            "client_id": item.client_id,
+            "target_id": None,
+            "recalled": False,
+            "created_at": now,
         }
-        now = utcnow()
-        rows: list[dict[str, Any]] = []
-        last_seqs: dict[str, int] = {}
-        for item in batch:
-            key = (item.sender_id, item.client_id)
-            kind = kinds.get((item.conversation_id, item.sender_id))
-            conversation = conversations.get(item.conversation_id)
-            if kind is None or conversation is None:
-                results.append((item, not_found("conversation")))
-                continue
-            if key in seen:
-                previous = seen[key]
-                if previous["conversation_id"] != item.conversation_id:
-                    results.append((item, ApiError(
-                        "conflict",
-                        "this client_id was already used for another conversation",
-                        {"fields": {"client_id": "reused"}},
-                    )))
-                else:
-                    results.append((item, (previous, False)))
-                continue
-            conversation["last_seq"] += 1
-            last_seqs[item.conversation_id] = conversation["last_seq"]
-            row = {
-                "id": new_id("ev"),
-                "conversation_id": item.conversation_id,
-                "seq": conversation["last_seq"],
-                "kind": "message",
-                "sender_id": item.sender_id,
-                "sender_name": item.sender_name,
-                "sender_kind": kind,
-                "body": item.body,
-                "attachments": [],
-                "client_id": item.client_id,
-                "target_id": None,
-                "recalled": False,
-                "created_at": now,
-            }
-            rows.append(row)
-            view = event_row_view(row)
-            seen[key] = view
-            results.append((item, (view, True)))
-        await queries.insert_events(conn, rows)
-        await queries.set_last_seqs(conn, last_seqs, now)
-    metrics.send_lock_hold_seconds.observe(time.perf_counter() - locked_at)
-    metrics.send_lock_round_trips.inc(6)  # lock, members, client ids, insert, update, commit
+        new_rows.append(row)
+        seen[key] = row
+        decided.append((item, row))
+
+    if new_rows:
+        locked_at = time.perf_counter()
+        appended = await queries.append_events(conn, new_rows, now)
+        metrics.send_lock_hold_seconds.observe(time.perf_counter() - locked_at)
+        metrics.send_lock_round_trips.inc(appended.locked_round_trips)
+        for row in new_rows:
+            row["seq"] = appended.seqs.get(row["id"], 0)
+
+    results: list[tuple[PendingSend, Outcome]] = []
+    first_use: set[int] = set()
+    for item, outcome in decided:
+        if isinstance(outcome, ApiError):
+            results.append((item, outcome))
+        elif not outcome["seq"]:  # its conversation is gone
+            results.append((item, not_found("conversation")))
+        else:
+            created = id(outcome) not in stored_before and id(outcome) not in first_use
+            first_use.add(id(outcome))
+            results.append((item, (event_row_view(outcome), created)))
     return results
 
 
