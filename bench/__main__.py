@@ -1,6 +1,7 @@
 """`python -m bench SCENARIO [options]`: load a BloomText deployment and report what held.
 
-Scenarios: `setup`, `rooms`, `knee`, `idle`. See bench/README.md.
+Scenarios: `setup`, `rooms`, `knee`, `idle`, and `cluster` (starts nodes and several
+load processes). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
 
+    sub.add_parser("cluster", help="start N nodes on PostgreSQL + Redis and drive them with K "
+                   "load processes (options: python -m bench cluster --help)")
     p = sub.add_parser("setup", parents=[common], help="only create/cache the setup")
     p.add_argument("--clients", type=_positive(int), default=1000)
     p.add_argument("--rooms", type=_positive(int), default=100)
@@ -190,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="target deliveries/s (sends/s = rate / members per conversation)",
     )
     p.add_argument("--duration", type=_positive(float), default=10.0, metavar="S")
+    p.add_argument(
+        "--start-at",
+        type=_positive(float),
+        metavar="EPOCH",
+        help="connect, then start sending at this wall-clock time (seconds since the "
+        "epoch), so that several load processes send together (`cluster` uses it)",
+    )
 
     p = sub.add_parser(
         "knee",
@@ -258,6 +268,7 @@ def _config(args: argparse.Namespace, urls: list[str]) -> RunConfig:
         cfg.sync_timeout_s = args.sync_timeout
         cfg.seed = args.seed
         cfg.settle_s = getattr(args, "settle", 1.0)
+        cfg.start_at = getattr(args, "start_at", None)
     return cfg
 
 
@@ -357,6 +368,11 @@ def _runner(no_uvloop: bool) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:  # an orchestrator of nodes and load processes: own options
+        from bench import cluster
+
+        return cluster.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.scenario == "idle" and args.users < 2:
         log("error: --users must be at least 2 (the setup creates one conversation)")

@@ -33,6 +33,7 @@ class RunConfig:
     sync_after: bool = False
     sync_timeout_s: float = 60.0
     seed: int = 1
+    start_at: float | None = None  # wall-clock time (epoch s) to start sending at
 
 
 def node_of(client: int, rooms: int, nodes: int) -> int:
@@ -349,6 +350,11 @@ async def run_rates(
         plan_rate(fleet, rates[0], cfg.max_client_rate)  # refuse before sending anything
         outcome = RoomsOutcome([], len(fleet.connected), dict(fleet.connect_failures))
         acked: dict[str, set[str]] = {}
+        if cfg.start_at is not None:  # several load processes start their sends together
+            wait = cfg.start_at - time.time()
+            if wait < 0:
+                log(f"connected {-wait:.1f} s after --start-at: starting now")
+            await asyncio.sleep(max(0.0, wait))
         for step, rate in enumerate(rates, start=1):
             try:
                 _, per_client = plan_rate(fleet, rate, cfg.max_client_rate)

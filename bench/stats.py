@@ -39,6 +39,9 @@ class Latency:
     p99: float = 0.0
     max: float = 0.0
     mean: float = 0.0
+    # Counts per log-spaced bucket (see `hist_bucket`), so that the results of several
+    # load processes can be merged (`merged_percentile`) without their raw samples.
+    hist: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_ns(cls, values: array) -> Latency:
@@ -46,6 +49,10 @@ class Latency:
             return cls()
         ordered = sorted(values)
         ms = NS_PER_MS
+        hist: dict[int, int] = {}
+        for value in ordered:
+            bucket = hist_bucket(value / ms)
+            hist[bucket] = hist.get(bucket, 0) + 1
         return cls(
             count=len(ordered),
             p50=round(percentile(ordered, 50) / ms, 3),
@@ -53,7 +60,37 @@ class Latency:
             p99=round(percentile(ordered, 99) / ms, 3),
             max=round(ordered[-1] / ms, 3),
             mean=round(sum(ordered) / len(ordered) / ms, 3),
+            hist=hist,
         )
+
+
+HIST_BASE_MS, HIST_RATIO = 0.01, 1.05
+
+
+def hist_bucket(ms: float) -> int:
+    """Bucket i holds latencies up to HIST_BASE_MS * HIST_RATIO**i (5% wide)."""
+    if ms <= HIST_BASE_MS:
+        return 0
+    return math.ceil(math.log(ms / HIST_BASE_MS, HIST_RATIO))
+
+
+def merged_percentile(hists: list[dict[int, int]], q: float) -> float:
+    """Nearest-rank percentile (ms, the bucket's upper bound: at most 5% high) of the
+    union of several histograms; JSON round trips turn their keys into strings."""
+    total: dict[int, int] = {}
+    for hist in hists:
+        for bucket, count in hist.items():
+            total[int(bucket)] = total.get(int(bucket), 0) + count
+    n = sum(total.values())
+    if n == 0:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * n))
+    seen = 0
+    for bucket in sorted(total):
+        seen += total[bucket]
+        if seen >= rank:
+            return round(HIST_BASE_MS * HIST_RATIO**bucket, 3)
+    return 0.0
 
 
 @dataclass
