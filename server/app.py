@@ -34,7 +34,7 @@ from storage import db
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext")
-DEFAULT_POSTGRES_LANES = 4
+DEFAULT_POSTGRES_LANES = 2
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -38,7 +38,7 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 
 # Connections per node when DATABASE_URL does not say (`?minsize=N&maxsize=N`): the
-# send lanes (4 by default) each use one at a time, and HTTP requests and the hubs' gap
+# send lanes (2 by default) each use one at a time, and HTTP requests and the hubs' gap
 # reads need some beside them. Opened at start, so that the first burst of sends does
 # not wait for new connections (tortoise's defaults are 1 and 5).
 DEFAULT_POOL = {"minsize": 5, "maxsize": 10}

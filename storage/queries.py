@@ -1,7 +1,7 @@
 """Hand-written SQL for the send path, where the ORM's per-query cost showed in profiles.
 
-Each function issues one statement whatever the batch size (`append_events` on SQLite:
-one per step inside its write transaction). Both dialects: `?` placeholders for SQLite,
+Each function issues one statement whatever the batch size (`append_messages` on
+SQLite: one per step inside its write transaction). Both dialects: `?` placeholders for SQLite,
 `$n` for PostgreSQL (asyncpg).
 """
 
@@ -99,92 +99,126 @@ async def insert_events(conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]])
     await sql.run(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join(groups)}")
 
 
-async def append_events(
+async def append_messages(
     conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]], now: datetime
 ) -> AppendResult:
-    """Give each row the next seq of its conversation, insert it and move `last_seq`.
+    """Store the rows whose sender takes part in their conversation and whose
+    (sender, client_id) is new: give each the next seq of its conversation, insert it and
+    move `last_seq`. Rows are in the order their seqs must follow within a conversation;
+    their `seq` and `sender_kind` are ignored (the kind is the sender's participant kind).
 
-    `rows` are in the order their seqs must follow within each conversation; their
-    `seq` is ignored. Returns the seq given to each row's id; a row whose conversation
-    no longer exists is left out. Call it on the pool, not inside a transaction: on
-    PostgreSQL it is one statement, its own transaction, so the conversation rows are
-    locked only while it runs and commits (a lock held across round trips becomes a
-    convoy once several nodes write the same conversations).
+    Returns (seq, sender_kind) for each stored row's id; a row left out was a retry, from
+    a non-participant, or for a conversation that does not exist: the caller looks up
+    which. Call it on the pool, outside any transaction. On PostgreSQL it is one statement
+    and its own transaction: the checks come first, then it locks the conversation rows,
+    writes and commits, so the rows are locked for part of one statement and the commit,
+    never across round trips or event-loop turns (which become a convoy once several
+    nodes write the same conversations).
     """
     if not rows:
         return AppendResult({}, 0)
     if conn.capabilities.dialect == "postgres":
-        return AppendResult(await _append_postgres(conn, rows, now), 1)
-    return AppendResult(await _append_sqlite(conn, rows, now), 3)
+        stored = await _append_postgres(conn, rows, now)
+        return AppendResult(stored, 1 if stored else 0)  # nothing stored: nothing locked
+    stored = await _append_sqlite(conn, rows, now)
+    return AppendResult(stored, 3 if stored else 0)  # UPDATE, INSERT, COMMIT
 
 
 @dataclass(frozen=True)
 class AppendResult:
-    seqs: dict[str, int]  # event id -> seq
+    stored: dict[str, tuple[int, str]]  # event id -> (seq, sender_kind)
     locked_round_trips: int  # statements sent while holding the conversation locks
 
 
-# The columns every appended row provides; seq and created_at come from the statement.
-_APPEND_TEXT = ("id", "conversation_id", "kind", "sender_id", "sender_name", "sender_kind",
-                "body", "client_id", "target_id")
+# The text columns every appended row provides; seq and created_at come from the write.
+_APPEND_TEXT = ("id", "conversation_id", "kind", "sender_id", "sender_name", "body",
+                "client_id", "target_id", "attachments", "recalled")
 
-# One statement: lock the touched conversations in id order (no deadlocks between
-# writers), move each last_seq by its number of new events, and insert the events
-# numbered from the old last_seq. Inputs are arrays, so the text (and asyncpg's
-# prepared statement) is the same whatever the batch size. FOR NO KEY UPDATE, the
-# lock an UPDATE takes anyway, leaves foreign-key checks (participants, receipts)
-# unblocked.
+# One statement, in this order:
+# - `accepted`: the checks, before any lock: the sender is a participant (which gives the
+#   event its sender_kind) and its client_id is new. `counts` needs all of it, and the
+#   locks need `counts`, so PostgreSQL has evaluated the checks before it locks anything.
+# - `locked`: the touched conversations in id order (no deadlocks between writers), FOR
+#   NO KEY UPDATE, the lock an UPDATE takes anyway, which leaves foreign-key checks
+#   (participants, receipts) unblocked.
+# - `moved`: each last_seq moves by its number of new events; the events are numbered
+#   from the old value in input order.
+# Inputs are arrays (text: a boolean[] costs asyncpg a type introspection on every new
+# connection), so the text, and asyncpg's prepared statement, is the same for any batch.
 _APPEND_POSTGRES = f"""
 WITH input AS (
-    SELECT * FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(_APPEND_TEXT)))},
-                         $10::text[], $11::text[])
-        WITH ORDINALITY AS i({", ".join(_APPEND_TEXT)}, attachments, recalled, ord)
+    SELECT * FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(_APPEND_TEXT)))})
+        WITH ORDINALITY AS i({", ".join(_APPEND_TEXT)}, ord)
+),
+accepted AS (
+    SELECT input.*, p.kind AS sender_kind
+    FROM input CROSS JOIN LATERAL (
+        SELECT kind FROM participants
+        WHERE conversation_id = input.conversation_id AND user_id = input.sender_id
+        LIMIT 1  -- keeps it a lookup by index per row, never a scan of participants
+    ) AS p
+    WHERE input.client_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM events AS e
+        WHERE e.sender_id = input.sender_id AND e.client_id = input.client_id)
 ),
 counts AS (
-    SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
+    SELECT conversation_id, count(*) AS n FROM accepted GROUP BY conversation_id
 ),
 locked AS (
-    SELECT id FROM conversations WHERE id = ANY($12::text[]) ORDER BY id FOR NO KEY UPDATE
+    SELECT c.id FROM conversations AS c JOIN counts ON counts.conversation_id = c.id
+    ORDER BY c.id FOR NO KEY UPDATE OF c
 ),
 moved AS (
-    UPDATE conversations AS c SET last_seq = c.last_seq + counts.n, updated_at = $13
+    UPDATE conversations AS c SET last_seq = c.last_seq + counts.n, updated_at = $11
     FROM counts JOIN locked ON locked.id = counts.conversation_id
     WHERE c.id = counts.conversation_id
     RETURNING c.id, c.last_seq - counts.n AS base
 )
 INSERT INTO events ({", ".join(EVENT_COLUMNS)})
-SELECT i.id, i.conversation_id,
-       moved.base + row_number() OVER (PARTITION BY i.conversation_id ORDER BY i.ord),
-       i.kind, i.sender_id, i.sender_name, i.sender_kind, i.body, i.attachments::jsonb,
-       i.client_id, i.target_id, i.recalled::boolean, $13
-FROM input AS i JOIN moved ON moved.id = i.conversation_id
-RETURNING id, seq
+SELECT a.id, a.conversation_id,
+       moved.base + row_number() OVER (PARTITION BY a.conversation_id ORDER BY a.ord),
+       a.kind, a.sender_id, a.sender_name, a.sender_kind, a.body, a.attachments::jsonb,
+       a.client_id, a.target_id, a.recalled::boolean, $11
+FROM accepted AS a JOIN moved ON moved.id = a.conversation_id
+RETURNING id, seq, sender_kind
 """
 
 
 async def _append_postgres(
     conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]], now: datetime
-) -> dict[str, int]:
-    values: list[Any] = [[row[c] for row in rows] for c in _APPEND_TEXT]
-    values.append([json.dumps(row["attachments"]) for row in rows])
-    # As text: a boolean[] parameter costs asyncpg a type introspection (~10 ms) on
-    # every new connection; text[] is built in.
-    values.append(["t" if row["recalled"] else "f" for row in rows])
-    values.append(sorted({row["conversation_id"] for row in rows}))
-    values.append(now)
-    stored = await conn.execute_query_dict(_APPEND_POSTGRES, values)
-    return {row["id"]: row["seq"] for row in stored}
+) -> dict[str, tuple[int, str]]:
+    columns: dict[str, list[Any]] = {c: [row[c] for row in rows] for c in _APPEND_TEXT}
+    columns["attachments"] = [json.dumps(row["attachments"]) for row in rows]
+    columns["recalled"] = ["t" if row["recalled"] else "f" for row in rows]
+    stored = await conn.execute_query_dict(_APPEND_POSTGRES, [*columns.values(), now])
+    return {row["id"]: (row["seq"], row["sender_kind"]) for row in stored}
 
 
 async def _append_sqlite(
     conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]], now: datetime
-) -> dict[str, int]:
-    """SQLite has one writer per database: its write transaction is the lock, taken by
-    the UPDATE and held for the INSERT and the commit, all on this process's connection."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["conversation_id"]] = counts.get(row["conversation_id"], 0) + 1
+) -> dict[str, tuple[int, str]]:
+    """SQLite has one writer per database: the checks read first, then the UPDATE takes
+    the write lock, held for the INSERT and the commit, on this process's connection."""
     async with in_transaction(conn.connection_name) as tx:
+        kinds = await participant_kinds(
+            tx, list({r["conversation_id"] for r in rows}), list({r["sender_id"] for r in rows})
+        )
+        used = {
+            (e["sender_id"], e["client_id"])
+            for e in await events_by_client_id(
+                tx, list({r["sender_id"] for r in rows}), list({r["client_id"] for r in rows})
+            )
+        }
+        accepted = [
+            r for r in rows
+            if (r["conversation_id"], r["sender_id"]) in kinds
+            and (r["client_id"] is None or (r["sender_id"], r["client_id"]) not in used)
+        ]
+        if not accepted:
+            return {}
+        counts: dict[str, int] = {}
+        for row in accepted:
+            counts[row["conversation_id"]] = counts.get(row["conversation_id"], 0) + 1
         sql = Sql(tx)
         cases = " ".join(f"WHEN {sql.param(cid)} THEN {sql.param(n)}" for cid, n in counts.items())
         moment = sql.param(sql.moment(now))
@@ -193,12 +227,15 @@ async def _append_sqlite(
             f" updated_at = {moment} WHERE id IN ({sql.params(counts)}) RETURNING id, last_seq"
         )
         next_seq = {r["id"]: r["last_seq"] - counts[r["id"]] for r in moved}
-        stored = []
-        seqs: dict[str, int] = {}
-        for row in rows:
-            if row["conversation_id"] in next_seq:
-                next_seq[row["conversation_id"]] += 1
-                seqs[row["id"]] = next_seq[row["conversation_id"]]
-                stored.append({**row, "seq": seqs[row["id"]], "created_at": now})
-        await insert_events(tx, stored)
-    return seqs
+        stored: dict[str, tuple[int, str]] = {}
+        inserts = []
+        for row in accepted:
+            cid = row["conversation_id"]
+            if cid in next_seq:
+                next_seq[cid] += 1
+                kind = kinds[(cid, row["sender_id"])]
+                stored[row["id"]] = (next_seq[cid], kind)
+                inserts.append({**row, "seq": next_seq[cid], "sender_kind": kind,
+                                "created_at": now})
+        await insert_events(tx, inserts)
+    return stored

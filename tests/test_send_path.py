@@ -15,7 +15,7 @@ from server.actions.messages import lane_of
 from server.app import DEFAULT_POSTGRES_LANES
 from server.ids import new_id, utcnow
 from storage import db, queries
-from storage.models import Conversation, Org
+from storage.models import Conversation, Org, Participant, User
 from tests.conftest import LiveServer, expect, quiet, send
 
 
@@ -28,23 +28,32 @@ async def storage(database_url: str) -> AsyncIterator[str]:
         await db.close_db()
 
 
+SENDER = "us_sender0000000000"
+
+
 async def make_conversations(count: int) -> list[str]:
+    """Conversations with SENDER as their one participant."""
     now = utcnow()
     org = await Org.create(id=new_id("or"), name="Clinic", created_at=now)
+    if not await User.exists(id=SENDER):
+        await User.create(id=SENDER, org=org, kind="member", name="Sender", created_at=now)
     ids = []
     for _ in range(count):
         conversation = await Conversation.create(
             id=new_id("cv"), org=org, created_at=now, updated_at=now
         )
+        await Participant.create(conversation=conversation, user_id=SENDER, kind="member",
+                                 joined_at=now)
         ids.append(conversation.id)
     return ids
 
 
-def event_row(conversation_id: str, n: int) -> dict[str, Any]:
+def event_row(conversation_id: str, n: int, client_id: str | None = None,
+              sender_id: str = SENDER) -> dict[str, Any]:
     return {
         "id": new_id("ev"), "conversation_id": conversation_id, "seq": 0, "kind": "message",
-        "sender_id": None, "sender_name": "load", "sender_kind": "member", "body": f"m{n}",
-        "attachments": [], "client_id": None, "target_id": None, "recalled": False,
+        "sender_id": sender_id, "sender_name": "Sender", "sender_kind": None, "body": f"m{n}",
+        "attachments": [], "client_id": client_id, "target_id": None, "recalled": False,
     }
 
 
@@ -60,10 +69,10 @@ async def test_concurrent_writers_over_shared_conversations(storage: str) -> Non
         for batch in range(15):
             size = rng.randint(1, 8)
             rows = [event_row(rng.choice(conversation_ids), batch) for _ in range(size)]
-            result = await queries.append_events(conn, rows, utcnow())
-            assert set(result.seqs) == {row["id"] for row in rows}
+            result = await queries.append_messages(conn, rows, utcnow())
+            assert set(result.stored) == {row["id"] for row in rows}
             for row in rows:  # within a batch, one conversation's rows keep their order
-                given[row["conversation_id"]].append(result.seqs[row["id"]])
+                given[row["conversation_id"]].append(result.stored[row["id"]][0])
 
     await asyncio.wait_for(asyncio.gather(*(writer(seed) for seed in range(8))), 60)
 
@@ -82,15 +91,31 @@ async def test_concurrent_writers_over_shared_conversations(storage: str) -> Non
 async def test_rows_of_one_conversation_are_numbered_in_batch_order(storage: str) -> None:
     a, b = await make_conversations(2)
     rows = [event_row(cid, n) for n, cid in enumerate([a, b, a, a, b])]
-    result = await queries.append_events(db.connection(), rows, utcnow())
-    assert [result.seqs[row["id"]] for row in rows] == [1, 1, 2, 3, 2]
+    result = await queries.append_messages(db.connection(), rows, utcnow())
+    assert [result.stored[row["id"]] for row in rows] == [
+        (1, "member"), (1, "member"), (2, "member"), (3, "member"), (2, "member")]
 
 
-async def test_a_missing_conversation_is_left_out(storage: str) -> None:
-    (a,) = await make_conversations(1)
-    rows = [event_row(a, 0), event_row("cv_doesnotexist000000", 1)]
-    result = await queries.append_events(db.connection(), rows, utcnow())
-    assert result.seqs == {rows[0]["id"]: 1}
+async def test_retries_outsiders_and_missing_conversations_are_left_out(storage: str) -> None:
+    """Checked by the write itself: no seq is taken for a row it leaves out."""
+    a, b = await make_conversations(2)
+    conn = db.connection()
+    first = await queries.append_messages(conn, [event_row(a, 0, client_id="c1")], utcnow())
+    assert list(first.stored.values()) == [(1, "member")]
+    now = utcnow()
+    await User.create(id="us_outsider00000000", org_id=(await Org.first()).id, kind="member",
+                      name="Outsider", created_at=now)
+    rows = [
+        event_row(a, 1, client_id="c1"),  # a retry
+        event_row(a, 2, sender_id="us_outsider00000000"),  # not a participant
+        event_row("cv_doesnotexist000000", 3),
+        event_row(b, 4, client_id="c2"),
+        event_row(a, 5, client_id="c3"),
+    ]
+    result = await queries.append_messages(conn, rows, now)
+    assert result.stored == {rows[3]["id"]: (1, "member"), rows[4]["id"]: (2, "member")}
+    assert (await Conversation.get(id=a)).last_seq == 2
+    assert (await Conversation.get(id=b)).last_seq == 1
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

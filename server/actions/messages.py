@@ -1,18 +1,18 @@
 """Sending messages: the one path for HTTP and /ws, with writes batched.
 
-Concurrent sends are stored together by a writer. Everything that needs no lock is
-done first, outside any transaction: membership, earlier client_ids, building the
-rows. Then one statement locks the touched conversation rows, gives each new event
-the next seq, inserts them and moves `last_seq`, and commits (`queries.append_events`).
-Only then are the events acknowledged and published. A (sender, client_id) pair seen
-before returns the first event: retries never duplicate, across nodes too (a unique
-index catches the race between the check and the write).
+Concurrent sends are stored together by a writer, in one round trip: one statement
+(`queries.append_messages`) first checks each sender takes part and each client_id is
+new, then locks the touched conversation rows, gives each new event the next seq,
+inserts them, moves `last_seq` and commits. Only then are the events acknowledged and
+published. A (sender, client_id) pair seen before returns the first event: retries never
+duplicate, across nodes too (a unique index catches two writers racing with the same
+client_id; the batch is then retried one send at a time).
 
 Each node runs several writers ("lanes"); a conversation always goes to the same lane
 (so its events are published in seq order), and a slow batch holds back only its own
 lane's conversations. Whatever later features add to a send (outbox rows, audit rows)
-belongs in the checks before the write or in the write statement itself, never
-between the lock and the commit.
+belongs in the write statement itself (another CTE) or before it, never between the
+lock and the commit.
 """
 
 from __future__ import annotations
@@ -183,45 +183,21 @@ Outcome = tuple[dict[str, Any], bool] | ApiError
 
 async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[PendingSend, Outcome]]:
     conn = db.connection()
-    conversation_ids = sorted({item.conversation_id for item in batch})
-    sender_ids = list({item.sender_id for item in batch})
-    client_ids = list({item.client_id for item in batch})
-    # Checks first, without locks. A participant removed between this check and the
-    # write may still get this one message in: it is ordered before the removal.
-    kinds = await queries.participant_kinds(conn, conversation_ids, sender_ids)
-    seen: dict[tuple[str, str], dict[str, Any]] = {
-        (row["sender_id"], row["client_id"]): row
-        for row in await queries.events_by_client_id(conn, sender_ids, client_ids)
-    }
-    stored_before = {id(row) for row in seen.values()}
     now = utcnow()
-    new_rows: list[dict[str, Any]] = []
-    decided: list[tuple[PendingSend, ApiError | dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
+    first_of: dict[tuple[str, str], dict[str, Any]] = {}  # a client_id twice in one batch
     for item in batch:
         key = (item.sender_id, item.client_id)
-        kind = kinds.get((item.conversation_id, item.sender_id))
-        if kind is None:
-            decided.append((item, not_found("conversation")))
+        if key in first_of:
             continue
-        previous = seen.get(key)
-        if previous is not None:
-            if previous["conversation_id"] != item.conversation_id:
-                decided.append((item, ApiError(
-                    "conflict",
-                    "this client_id was already used for another conversation",
-                    {"fields": {"client_id": "reused"}},
-                )))
-            else:
-                decided.append((item, previous))
-            continue
-        row = {
+        first_of[key] = {
             "id": new_id("ev"),
             "conversation_id": item.conversation_id,
             "seq": 0,  # given by the write
             "kind": "message",
             "sender_id": item.sender_id,
             "sender_name": item.sender_name,
-            "sender_kind": kind,
+            "sender_kind": None,  # the sender's participant kind, found by the write
             "body": item.body,
             "attachments": [],
             "client_id": item.client_id,
@@ -229,29 +205,48 @@ async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[Pendi
             "recalled": False,
             "created_at": now,
         }
-        new_rows.append(row)
-        seen[key] = row
-        decided.append((item, row))
+        rows.append(first_of[key])
 
-    if new_rows:
-        locked_at = time.perf_counter()
-        appended = await queries.append_events(conn, new_rows, now)
+    locked_at = time.perf_counter()
+    appended = await queries.append_messages(conn, rows, now)
+    if appended.locked_round_trips:
         metrics.send_lock_hold_seconds.observe(time.perf_counter() - locked_at)
         metrics.send_lock_round_trips.inc(appended.locked_round_trips)
-        for row in new_rows:
-            row["seq"] = appended.seqs.get(row["id"], 0)
+
+    # Rows left out: a retry of a stored client_id, or a sender who is not in the
+    # conversation. Rare, so looked up only then.
+    earlier: dict[tuple[str, str], dict[str, Any]] = {}
+    left_out = [row for row in rows if row["id"] not in appended.stored]
+    if left_out:
+        for row in await queries.events_by_client_id(
+            conn, list({r["sender_id"] for r in left_out}), list({r["client_id"] for r in left_out})
+        ):
+            earlier[(row["sender_id"], row["client_id"])] = row
 
     results: list[tuple[PendingSend, Outcome]] = []
-    first_use: set[int] = set()
-    for item, outcome in decided:
-        if isinstance(outcome, ApiError):
-            results.append((item, outcome))
-        elif not outcome["seq"]:  # its conversation is gone
-            results.append((item, not_found("conversation")))
+    views: dict[str, dict[str, Any]] = {}
+    answered: set[str] = set()
+    for item in batch:
+        row = first_of[(item.sender_id, item.client_id)]
+        stored = appended.stored.get(row["id"])
+        if stored is not None:
+            row["seq"], row["sender_kind"] = stored
         else:
-            created = id(outcome) not in stored_before and id(outcome) not in first_use
-            first_use.add(id(outcome))
-            results.append((item, (event_row_view(outcome), created)))
+            row = earlier.get((item.sender_id, item.client_id))
+            if row is None:
+                results.append((item, not_found("conversation")))
+                continue
+        if row["conversation_id"] != item.conversation_id:
+            results.append((item, ApiError(
+                "conflict", "this client_id was already used for another conversation",
+                {"fields": {"client_id": "reused"}},
+            )))
+            continue
+        if row["id"] not in views:
+            views[row["id"]] = event_row_view(row)
+        created = stored is not None and row["id"] not in answered
+        answered.add(row["id"])
+        results.append((item, (views[row["id"]], created)))
     return results
 
 
