@@ -1,4 +1,4 @@
-"""Command line: `python -m server serve|migrate|seed-demo`. Thin: each calls one thing."""
+"""Command line: `python -m server serve|migrate|seed-demo|plan`. Thin: each calls one thing."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import uvicorn
 
 from realtime.broker_memory import MemoryBroker
 from realtime.hub import Hub
-from server.actions import accounts, conversations, messages
+from server.actions import accounts, conversations, messages, orgs
 from server.actions.context import Actor, Services
 from server.auth import LoginLimiter
 from server.config import ConfigError, Settings, load_settings
+from server.errors import ApiError
 from storage import db
 from storage.models import User
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="serve HTTP and websockets on HOST:PORT")
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("seed-demo", help="create the demo organisation (once)")
+    plan = commands.add_parser("plan", help="put an organisation on a plan (billing is elsewhere)")
+    plan.add_argument("org_id", metavar="ORG", help="the organisation's id (GET /api/v1/org)")
+    plan.add_argument("plan", choices=orgs.PLANS)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -118,4 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied")
     elif args.command == "seed-demo":
         asyncio.run(seed_demo(settings))
+    elif args.command == "plan":
+        return asyncio.run(set_plan(settings, args.org_id, args.plan))
+    return 0
+
+
+async def set_plan(settings: Settings, org_id: str, plan: str) -> int:
+    await db.init_db(settings.database_url)
+    try:
+        org = await orgs.set_plan(org_id, plan)
+    except ApiError:
+        print(f"bloomtext: no organisation with id {org_id!r}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close_db()
+    ends = f" until {org.trial_ends_at:%Y-%m-%d %H:%M} UTC" if plan == "trial" else ""
+    print(f"{org.name} ({org.id}) is on the {plan} plan{ends}")
     return 0

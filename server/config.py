@@ -48,6 +48,9 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_WS_PING_SECONDS",
         "BLOOMTEXT_SEND_LANES",
         "METRICS_TOKEN",
+        "SEATS_FREE",
+        "SEATS_TRIAL",
+        "SEATS_PRO",
     }
 )
 
@@ -93,6 +96,10 @@ class Settings:
     # per database (one on SQLite, which has a single writer anyway).
     send_lanes: int | None = None
     metrics_token: str | None = None
+    # Seat limit of each plan; None: no limit.
+    seats_free: int | None = 5
+    seats_trial: int | None = 50
+    seats_pro: int | None = None
     ws_max_frame_bytes: int = 64 * 1024
 
     @property
@@ -252,7 +259,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ws_ping_seconds=_float(env, "BLOOMTEXT_WS_PING_SECONDS", 20.0),
         send_lanes=_lanes(env),
         metrics_token=_metrics_token(env),
+        seats_free=_seats(env, "SEATS_FREE", 5),
+        seats_trial=_seats(env, "SEATS_TRIAL", 50),
+        seats_pro=_seats(env, "SEATS_PRO", None),
     )
+
+
+def _seats(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw == "none":
+        return None
+    return _int(env, name, 0, minimum=1)
 
 
 def _lanes(env: Mapping[str, str]) -> int | None:

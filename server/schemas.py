@@ -46,6 +46,17 @@ class BotBody(Body):
     name: Name
 
 
+PolicyValue = bool | int | float | str | None
+
+
+class OrgPatchBody(Body):
+    name: Name | None = None
+    policies: Annotated[
+        dict[str, PolicyValue],
+        Meta(description="merged key by key; a key set to null is removed"),
+    ] | None = None
+
+
 class Target(Body):
     user_id: Id | None = None
     email: Email | None = None

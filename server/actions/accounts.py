@@ -11,14 +11,14 @@ from tortoise.transactions import in_transaction
 
 from realtime.hub import session_topic
 from server.actions.context import Actor, Services
-from server.actions.views import org_view, user_view
+from server.actions.orgs import org_summary, require_admin, take_seat
+from server.actions.views import user_view
 from server.auth import hash_password, hash_secret, new_secret, verify_password
 from server.errors import ApiError, invalid
 from server.ids import new_id, utcnow
 from storage.models import ApiToken, Org, User
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-SEAT_KINDS = ("member",)
 
 
 def normalise_email(email: str) -> str:
@@ -48,10 +48,6 @@ async def _issue_session(svc: Services, user: User) -> tuple[str, ApiToken]:
     return secret, token
 
 
-async def seats_used(org_id: str) -> int:
-    return await User.filter(org_id=org_id, kind__in=SEAT_KINDS, active=True).count()
-
-
 async def signup(
     svc: Services, *, org_name: str, name: str, email: str, password: str
 ) -> dict[str, Any]:
@@ -79,7 +75,7 @@ async def signup(
             "conflict", "an account with this email exists", {"fields": {"email": "taken"}}
         ) from None
     secret, _ = await _issue_session(svc, user)
-    return {"token": secret, "user": user_view(user), "org": org_view(org, 1)}
+    return {"token": secret, "user": user_view(user), "org": await org_summary(svc, org)}
 
 
 async def login(svc: Services, *, email: str, password: str, address: str) -> dict[str, Any]:
@@ -171,19 +167,9 @@ async def me(svc: Services, actor: Actor) -> dict[str, Any]:
     org = await Org.get(id=actor.org_id)
     return {
         "user": user_view(actor.user),
-        "org": org_view(org, await seats_used(org.id)),
+        "org": await org_summary(svc, org),
         "policies": org.policies or {},
     }
-
-
-async def get_org(svc: Services, actor: Actor) -> dict[str, Any]:
-    org = await Org.get(id=actor.org_id)
-    return org_view(org, await seats_used(org.id))
-
-
-def require_admin(actor: Actor) -> None:
-    if not actor.is_admin:
-        raise ApiError("forbidden", "only an admin of this organisation may do this")
 
 
 async def create_member(
@@ -201,17 +187,20 @@ async def create_member(
             password="required",
         )
     check_password(password)
+    password_hash = await hash_password(password)
     try:
-        user = await User.create(
-            id=new_id("us"),
-            org_id=actor.org_id,
-            kind="member",
-            role=role,
-            name=name.strip(),
-            email=email,
-            password_hash=await hash_password(password),
-            created_at=utcnow(),
-        )
+        async with in_transaction():
+            await take_seat(svc, actor.org_id)
+            user = await User.create(
+                id=new_id("us"),
+                org_id=actor.org_id,
+                kind="member",
+                role=role,
+                name=name.strip(),
+                email=email,
+                password_hash=password_hash,
+                created_at=utcnow(),
+            )
     except IntegrityError:
         raise ApiError(
             "conflict", "an account with this email exists", {"fields": {"email": "taken"}}

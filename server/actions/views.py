@@ -21,13 +21,14 @@ def user_view(user: User) -> dict[str, Any]:
     }
 
 
-def org_view(org: Org, seats_used: int) -> dict[str, Any]:
+def org_view(org: Org, plan: str, seats_used: int, seat_limit: int | None) -> dict[str, Any]:
+    """`plan` is the plan in force (an expired trial is `free`)."""
     return {
         "id": org.id,
         "name": org.name,
-        "plan": org.plan,
+        "plan": plan,
         "trial_ends_at": iso(org.trial_ends_at),
-        "seats": {"used": seats_used, "limit": None},
+        "seats": {"used": seats_used, "limit": seat_limit},
         "policies": org.policies or {},
     }
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import schemas as s
-from server.actions import accounts, conversations, messages
+from server.actions import accounts, conversations, messages, orgs
 from server.http import (
     JSON,
     actor_of,
@@ -63,7 +63,24 @@ async def me(request: Request) -> Response:
 @route("GET", f"{API}/org", "The caller's organisation", response=s.Org, errors=(401,))
 async def get_org(request: Request) -> Response:
     actor = await actor_of(request)
-    return JSON(await accounts.get_org(services(request), actor))
+    return JSON(await orgs.get_org(services(request), actor))
+
+
+@route("PATCH", f"{API}/org", "Rename the organisation or change its policies (admin)",
+       body=s.OrgPatchBody, response=s.Org, errors=(401, 403, 422))
+async def update_org(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)  # role checks come before validation (PROTOCOL v1.1)
+    body = await parse(request, s.OrgPatchBody)
+    return JSON(await orgs.update_org(services(request), actor, name=body.name,
+                                      policies=body.policies))
+
+
+@route("POST", f"{API}/org/trial", "Start the organisation's 7-day trial, once (admin)",
+       response=s.Org, errors=(401, 403, 409))
+async def start_trial(request: Request) -> Response:
+    actor = await actor_of(request)
+    return JSON(await orgs.start_trial(services(request), actor))
 
 
 @route("POST", f"{API}/members", "Add a member (admin)", body=s.MemberBody, response=s.User,
