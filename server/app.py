@@ -16,6 +16,9 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from channels.email_smtp import SmtpSender
+from channels.outbox import OutboxWorker
+from channels.sender import LoggingSender, Sender
 from realtime.broker import make_broker
 from realtime.hub import Hub
 from server.actions import conversations
@@ -143,6 +146,17 @@ def send_lanes(settings: Settings) -> int:
     return 1 if settings.database_url.startswith("sqlite") else DEFAULT_POSTGRES_LANES
 
 
+def make_outbox(settings: Settings) -> OutboxWorker:
+    """The outbox worker with a sender per channel, as configured."""
+    senders: dict[str, Sender] = {
+        "email": SmtpSender(settings.smtp_url, settings.mail_from)
+        if settings.smtp_url
+        else LoggingSender("email", "SMTP_URL is not set"),
+        "sms": LoggingSender("sms", "Twilio is not configured"),
+    }
+    return OutboxWorker(senders)
+
+
 def create_app(settings: Settings | None = None) -> Application:
     settings = settings or load_settings()
 
@@ -163,11 +177,15 @@ def create_app(settings: Settings | None = None) -> Application:
         svc.metrics.watch_hub(hub)
         app.state.services = svc
         app.state.broker = broker
-        watcher = asyncio.get_running_loop().create_task(watch_sessions(svc))
+        svc.outbox = make_outbox(settings)
+        tasks = [asyncio.get_running_loop().create_task(watch_sessions(svc))]
+        if settings.outbox_worker:
+            tasks.append(asyncio.get_running_loop().create_task(svc.outbox.run()))
         try:
             yield
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
             await hub.close()
             await svc.batcher.stop()
             await broker.close()

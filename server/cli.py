@@ -1,4 +1,4 @@
-"""Command line: `python -m server serve|migrate|seed-demo|plan`. Thin: each calls one thing."""
+"""Command line: `python -m server serve|migrate|seed-demo|worker|plan`, each thin."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import signal
 import sys
 
 import uvicorn
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="serve HTTP and websockets on HOST:PORT")
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("seed-demo", help="create the demo organisation (once)")
+    commands.add_parser("worker", help="send the outbox (mail, SMS) without serving HTTP")
     plan = commands.add_parser("plan", help="put an organisation on a plan (billing is elsewhere)")
     plan.add_argument("org_id", metavar="ORG", help="the organisation's id (GET /api/v1/org)")
     plan.add_argument("plan", choices=orgs.PLANS)
@@ -122,9 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied")
     elif args.command == "seed-demo":
         asyncio.run(seed_demo(settings))
+    elif args.command == "worker":
+        asyncio.run(run_worker(settings))
     elif args.command == "plan":
         return asyncio.run(set_plan(settings, args.org_id, args.plan))
     return 0
+
+
+async def run_worker(settings: Settings) -> None:
+    """The outbox worker alone, until SIGTERM or Ctrl-C (the Procfile's `worker:`)."""
+    from server.app import make_outbox
+
+    await db.init_db(settings.database_url)
+    worker = make_outbox(settings)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(worker.run())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    print("outbox worker running")
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await db.close_db()
 
 
 async def set_plan(settings: Settings, org_id: str, plan: str) -> int:

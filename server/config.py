@@ -51,6 +51,7 @@ KNOWN_VARIABLES = frozenset(
         "SEATS_FREE",
         "SEATS_TRIAL",
         "SEATS_PRO",
+        "BLOOMTEXT_OUTBOX_WORKER",
     }
 )
 
@@ -100,6 +101,9 @@ class Settings:
     seats_free: int | None = 5
     seats_trial: int | None = 50
     seats_pro: int | None = None
+    # Run the outbox worker inside the web process (the default); off when separate
+    # `python -m server worker` processes do it.
+    outbox_worker: bool = True
     ws_max_frame_bytes: int = 64 * 1024
 
     @property
@@ -262,7 +266,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         seats_free=_seats(env, "SEATS_FREE", 5),
         seats_trial=_seats(env, "SEATS_TRIAL", 50),
         seats_pro=_seats(env, "SEATS_PRO", None),
+        outbox_worker=_outbox_worker(env),
     )
+
+
+def _outbox_worker(env: Mapping[str, str]) -> bool:
+    raw = (env.get("BLOOMTEXT_OUTBOX_WORKER") or "in-process").strip().lower()
+    if raw not in {"in-process", "off"}:
+        raise ConfigError(f"BLOOMTEXT_OUTBOX_WORKER must be in-process or off, got {raw!r}")
+    return raw == "in-process"
 
 
 def _seats(env: Mapping[str, str], name: str, default: int | None) -> int | None:

@@ -121,3 +121,30 @@ class Event(Model):
         # No gaps and no duplicates per conversation; a retried send by the same
         # sender with the same client_id finds the first event instead of a second.
         unique_together = (("conversation", "seq"), ("sender", "client_id"))
+
+
+class OutboxMessage(Model):
+    """A mail or SMS to send, written in the transaction of the change that causes it and
+    sent by the outbox worker (channels/outbox.py), with retries."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org_id = fields.CharField(max_length=32, null=True)
+    channel = fields.CharField(max_length=16)  # email | sms
+    purpose = fields.CharField(max_length=32)  # e.g. invitation: for reports, never content
+    recipient = fields.CharField(max_length=320)
+    # What the sender needs (subject, text, html; or the SMS body). Cleared once the
+    # message is sent or has failed: it may hold a link with a secret in it.
+    payload = fields.JSONField(null=True)
+    status = fields.CharField(max_length=16, default="pending", db_default="pending")
+    attempts = fields.IntField(default=0, db_default=0)
+    next_attempt_at = fields.DatetimeField()
+    # A worker that claimed the row owns it until then; past it another may take it over.
+    claimed_until = fields.DatetimeField(null=True)
+    last_error = fields.CharField(max_length=500, null=True)
+    provider_id = fields.CharField(max_length=200, null=True)
+    created_at = fields.DatetimeField()
+    sent_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "outbox"
+        indexes = (("status", "next_attempt_at"),)

@@ -239,3 +239,26 @@ async def _append_sqlite(
                                 "created_at": now})
         await insert_events(tx, inserts)
     return stored
+
+
+async def claim_outbox(
+    conn: BaseDBAsyncClient, now: datetime, lease_until: datetime, limit: int
+) -> list[str]:
+    """Claim up to `limit` due outbox rows for one worker until `lease_until`; their ids.
+
+    PostgreSQL: `FOR UPDATE SKIP LOCKED`, so two workers on two nodes never claim the same
+    row; a row whose worker died is claimed again once its lease has passed. SQLite has
+    one writer, so the UPDATE alone is enough.
+    """
+    sql = Sql(conn)
+    skip = " FOR UPDATE SKIP LOCKED" if sql.postgres else ""
+    lease, moment = sql.param(sql.moment(lease_until)), sql.param(sql.moment(now))
+    again = sql.param(sql.moment(now))
+    rows = await sql.rows(
+        f"UPDATE outbox SET claimed_until = {lease}, attempts = attempts + 1"
+        " WHERE id IN (SELECT id FROM outbox WHERE status = 'pending'"
+        f" AND next_attempt_at <= {moment}"
+        f" AND (claimed_until IS NULL OR claimed_until < {again})"
+        f" ORDER BY next_attempt_at LIMIT {sql.param(limit)}{skip}) RETURNING id"
+    )
+    return [row["id"] for row in rows]

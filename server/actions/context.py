@@ -13,6 +13,7 @@ from server.metrics import Metrics
 from storage.models import User
 
 if TYPE_CHECKING:
+    from channels.outbox import OutboxWorker
     from server.actions.messages import SendBatcher
 
 # Called after a batch of events is committed (before fan-out): the seam where the
@@ -27,6 +28,7 @@ class Services:
     login_limiter: LoginLimiter
     batcher: SendBatcher | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    outbox: OutboxWorker | None = None
     after_store: list[AfterStoreHook] = field(default_factory=list)
 
 

@@ -1,0 +1,152 @@
+"""The outbox: mail and SMS written in the transaction of the change that causes them,
+then sent by a worker, so a slow or down provider never holds up a request and nothing
+is lost if the process dies between the change and the send.
+
+The worker claims due rows (each for a lease), sends them through the channel's
+`Sender`, and records the outcome: sent; retried later with exponential backoff and
+jitter; or failed after `max_attempts` or a permanent refusal, which is reported
+(`on_failed`). Claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL, so workers on several
+nodes never send one row twice while its lease holds. A worker that dies mid-send leaves
+its rows to be claimed again after the lease: for email that can mean a second copy of
+the same message (same Message-ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from channels.sender import Outbound, Sender, SendResult
+from storage import db, queries
+from storage.models import OutboxMessage
+from storage.outage import is_outage
+
+log = logging.getLogger("bloomtext.outbox")
+
+FailedHook = Callable[[OutboxMessage], Awaitable[None]]
+
+
+async def enqueue(
+    *, org_id: str | None, channel: str, purpose: str, to: str, payload: dict[str, Any]
+) -> OutboxMessage:
+    """Queue a message. Call it inside the transaction of the change that causes it (the
+    ORM writes on that transaction), and `OutboxWorker.notify()` after the commit."""
+    now = _now()
+    return await OutboxMessage.create(
+        id=f"ob_{secrets.token_urlsafe(12)}", org_id=org_id, channel=channel, purpose=purpose,
+        recipient=to, payload=payload, next_attempt_at=now, created_at=now,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        senders: Mapping[str, Sender],
+        *,
+        batch_size: int = 20,
+        poll_seconds: float = 2.0,
+        max_attempts: int = 8,
+        base_delay: float = 10.0,
+        max_delay: float = 3600.0,
+        lease_seconds: float = 120.0,
+        on_failed: FailedHook | None = None,
+    ) -> None:
+        self._senders = dict(senders)
+        self._batch = batch_size
+        self._poll = poll_seconds
+        self.max_attempts = max_attempts
+        self._base = base_delay
+        self._max_delay = max_delay
+        self._lease = timedelta(seconds=lease_seconds)
+        self._on_failed = on_failed
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def retry_delay(self, attempts: int) -> float:
+        """Exponential backoff with ±20% jitter, so retries from many rows spread out."""
+        delay = min(self._max_delay, self._base * 2 ** max(0, attempts - 1))
+        return delay * random.uniform(0.8, 1.2)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                done = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an outage: try again at the next poll
+                if is_outage(exc):
+                    log.warning("outbox: database unavailable (%s)", type(exc).__name__)
+                else:
+                    log.exception("outbox: a round failed")
+                done = 0
+            if done == 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim what is due, send it, record the outcomes; the number of rows handled."""
+        now = _now()
+        ids = await queries.claim_outbox(db.connection(), now, now + self._lease, self._batch)
+        if not ids:
+            return 0
+        rows = await OutboxMessage.filter(id__in=ids)
+        await asyncio.gather(*(self._deliver(row) for row in rows))
+        return len(rows)
+
+    async def _deliver(self, row: OutboxMessage) -> None:
+        sender = self._senders.get(row.channel)
+        payload = row.payload or {}
+        if sender is None:
+            result = SendResult("permanent", error=f"no sender for channel {row.channel}")
+        else:
+            message = Outbound(
+                id=row.id, channel=row.channel, purpose=row.purpose, to=row.recipient,
+                subject=payload.get("subject", ""), text=payload.get("text", ""),
+                html=payload.get("html"),
+            )
+            try:
+                result = await sender.send(message)
+            except Exception as exc:  # a sender bug must not lose the row
+                log.exception("outbox: sender for %s raised", row.channel)
+                result = SendResult("retryable", error=f"{type(exc).__name__}")
+        await self._record(row, result)
+
+    async def _record(self, row: OutboxMessage, result: SendResult) -> None:
+        now = _now()
+        mine = OutboxMessage.filter(id=row.id, claimed_until=row.claimed_until)
+        if result.status in ("sent", "logged"):
+            await mine.update(status=result.status, sent_at=now, provider_id=result.provider_id,
+                              payload=None, claimed_until=None, last_error=result.error)
+            return
+        if result.status == "retryable" and row.attempts < self.max_attempts:
+            delay = self.retry_delay(row.attempts)
+            await mine.update(next_attempt_at=now + timedelta(seconds=delay),
+                              claimed_until=None, last_error=result.error)
+            log.info("outbox: %s %s (%s) attempt %d failed, retry in %.0f s: %s", row.channel,
+                     row.id, row.purpose, row.attempts, delay, result.error)
+            return
+        await mine.update(status="failed", payload=None, claimed_until=None,
+                          last_error=result.error)
+        log.warning("outbox: %s %s (%s) failed after %d attempt(s): %s", row.channel, row.id,
+                    row.purpose, row.attempts, result.error)
+        if self._on_failed is not None:
+            row.status, row.last_error = "failed", result.error
+            try:
+                await self._on_failed(row)
+            except Exception:
+                log.exception("outbox: reporting a failure failed")
