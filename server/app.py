@@ -32,6 +32,7 @@ from server.http import JSON, ROUTES
 # Importing the route modules registers their routes.
 from server.routes import api as _api  # noqa: F401, I001
 from server.routes import meta as _meta  # noqa: F401
+from server.routes import pages as _pages  # noqa: F401
 from server.ws import watch_sessions, ws_endpoint
 from storage import db
 from storage.outage import is_outage

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import re
 import secrets
 import signal
 import sys
@@ -46,8 +47,25 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+class RedactSecretPaths(logging.Filter):
+    """uvicorn's access log prints every path; invitation and portal links carry their
+    secret in the path (`/join/<token>`, `/api/v1/invites/<token>`, `/p/<token>`)."""
+
+    SECRET_PATH = re.compile(r"(/join/|/api/v1/invites/|/p/)[^/?\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.SECRET_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
 def serve(settings: Settings) -> None:
-    uvicorn.Server(uvicorn_config(settings)).run()
+    config = uvicorn_config(settings)  # configures uvicorn's loggers; then the filter
+    logging.getLogger("uvicorn.access").addFilter(RedactSecretPaths())
+    uvicorn.Server(config).run()
 
 
 async def seed_demo(settings: Settings) -> None:

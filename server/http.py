@@ -157,7 +157,7 @@ class RouteSpec:
     handler: Callable[[Request], Awaitable[Response]]
     summary: str
     body: type | None = None
-    response: type | None = None
+    response: type | tuple[type, ...] | None = None  # a tuple: one of these shapes
     status: int = 200
     auth: bool = True
     query: tuple[str, ...] = ()
@@ -175,7 +175,7 @@ def route(
     summary: str,
     *,
     body: type | None = None,
-    response: type | None = None,
+    response: type | tuple[type, ...] | None = None,
     status: int = 200,
     auth: bool = True,
     query: tuple[str, ...] = (),

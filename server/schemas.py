@@ -46,6 +46,21 @@ class BotBody(Body):
     name: Name
 
 
+class TeamBody(Body):
+    name: Name
+
+
+class MemberPatchBody(Body):
+    role: Literal["admin", "member"] | None = None
+    active: bool | None = None
+
+
+class AcceptBody(Body):
+    password: Password
+    name: Name | None = None
+    org_name: Name | None = None  # an external's own organisation (not used for members)
+
+
 PolicyValue = bool | int | float | str | None
 
 
@@ -116,6 +131,43 @@ class SignupResult(Struct):
     token: str
     user: User
     org: Org
+
+
+class Invitation(Struct):
+    id: str
+    kind: Literal["member", "external"]
+    email: str
+    name: str | None
+    role: Literal["admin", "member"]
+    created_at: Timestamp
+    expires_at: Timestamp
+    link: Annotated[str, Meta(description="only when the server sends no mail "
+                                          "(SMTP_URL unset): pass it on yourself")] = ""
+
+
+class InviteInfo(Struct):
+    kind: Literal["member", "external"]
+    email: str
+    org_name: str
+    account_exists: bool
+    name: str | None
+
+
+class TeamMemberRef(Struct):
+    id: str
+    name: str
+
+
+class Team(Struct):
+    id: str
+    name: str
+    members: list[TeamMemberRef]
+    created_at: Timestamp
+
+
+class TeamList(Struct):
+    items: list[Team]
+    next: str | None
 
 
 class Me(Struct):

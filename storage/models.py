@@ -148,3 +148,54 @@ class OutboxMessage(Model):
     class Meta:
         table = "outbox"
         indexes = (("status", "next_attempt_at"),)
+
+
+class Invitation(Model):
+    """A link that lets someone join: as a member of the organisation (or, later, as an
+    external in a conversation). Only the keyed hash of its secret is stored; it works
+    once, until `expires_at`, unless revoked (a resend revokes the previous link)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="invitations",
+                                 on_delete=fields.CASCADE)
+    kind = fields.CharField(max_length=16, default="member", db_default="member")
+    email = fields.CharField(max_length=320)
+    name = fields.CharField(max_length=200, null=True)
+    role = fields.CharField(max_length=16, default="member", db_default="member")
+    token_hash = fields.CharField(max_length=64, unique=True)
+    invited_by = fields.ForeignKeyField("models.User", related_name="invitations_sent",
+                                        null=True, on_delete=fields.SET_NULL)
+    outbox_id = fields.CharField(max_length=32, null=True)  # the mail that carries it
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    accepted_at = fields.DatetimeField(null=True)
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "invitations"
+        indexes = (("org_id", "email"),)
+
+
+class Team(Model):
+    """A group of members. Phone numbers belong to teams (patients issue)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="teams", on_delete=fields.CASCADE)
+    name = fields.CharField(max_length=200)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "teams"
+
+
+class TeamMember(Model):
+    id = fields.BigIntField(primary_key=True)
+    team = fields.ForeignKeyField("models.Team", related_name="memberships",
+                                  on_delete=fields.CASCADE)
+    user = fields.ForeignKeyField("models.User", related_name="team_memberships",
+                                  on_delete=fields.CASCADE)
+    added_at = fields.DatetimeField()
+
+    class Meta:
+        table = "team_members"
+        unique_together = (("team", "user"),)

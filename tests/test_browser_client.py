@@ -154,3 +154,40 @@ async def test_live_message_unread_badge_and_read_receipt(live_server):
             await browser.close()
 
     assert errors == [], errors
+
+
+async def test_join_page_sets_up_an_invited_member(live_server):
+    """An invitation link opened in the browser: name, password, Get started, and in."""
+    base_url = live_server.base_url.rstrip("/")
+    suffix = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
+        r = await http.post("/api/v1/signup", json={
+            "org_name": f"Clinic {suffix}", "name": "Alice Admin",
+            "email": f"alice.{suffix}@example.com", "password": PASSWORD})
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        r = await http.post("/api/v1/members", json={
+            "email": f"new.{suffix}@example.com", "name": "Nora New"}, headers=auth)
+        assert r.status_code == 201, r.text
+        link = r.json()["link"]  # no SMTP in this test server: the admin gets the link
+    path = link.removeprefix(base_url)
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            _, page = await _open_page(browser, base_url, errors)
+            await page.goto(path)
+            await expect(page.get_by_test_id("join-intro")).to_contain_text(f"Clinic {suffix}")
+            await expect(page.get_by_test_id("join-name")).to_have_value("Nora New")
+            await page.get_by_test_id("join-password").fill(PASSWORD)
+            await page.get_by_test_id("join-submit").click()
+            await expect(page.get_by_test_id("connection-status")).to_have_text(
+                "Online", timeout=WAIT_MS
+            )
+            # The link worked once: opened again, the page says so.
+            await page.goto(path)
+            await expect(page.get_by_test_id("join-gone")).to_be_visible()
+        finally:
+            await browser.close()
+    assert errors == [], errors

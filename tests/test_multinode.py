@@ -235,6 +235,25 @@ async def test_two_nodes_share_messages_receipts_typing_and_conversations(
     _no_server_errors(cluster)
 
 
+async def test_deactivating_a_member_closes_their_sockets_on_every_node(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.start("A", "B")
+    admin = await signup(a)
+    member = await add_member(a, admin, a, "Sam Member")
+    second = await login(b, member)  # another session of theirs, through B
+    on_a = await cluster.client("member@A", member, a)
+    on_b = await cluster.client("member@B", second, b)
+    r = await a.http.patch(f"/api/v1/members/{member.id}", json={"active": False},
+                           headers=admin.headers)
+    assert r.status_code == 200, r.text
+    await on_a.wait_for(lambda: on_a.closed_code is not None, 5)
+    await on_b.wait_for(lambda: on_b.closed_code is not None, 5)
+    assert (on_a.closed_code, on_b.closed_code) == (4001, 4001)
+    for node, account in ((a, member), (b, second)):
+        assert (await node.http.get("/api/v1/me", headers=account.headers)).status_code == 401
+
+
 async def test_three_nodes_every_socket_gets_every_message_in_order(cluster: Cluster) -> None:
     nodes = await cluster.start("A", "B", "C")
     a, b, c = nodes

@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Mailbox:
         if self.fail > 0:
             self.fail -= 1
             return self.code
-        self.received.append(message_from_bytes(envelope.content))
+        self.received.append(message_from_bytes(envelope.content, policy=policy.default))
         self.tls.append(session.ssl is not None)
         return "250 OK"
 

@@ -33,7 +33,7 @@ def check_password(password: str) -> None:
         raise invalid("password too short", password="at least 8 characters")
 
 
-async def _issue_session(svc: Services, user: User) -> tuple[str, ApiToken]:
+async def issue_session(svc: Services, user: User) -> tuple[str, ApiToken]:
     secret = new_secret("bt")
     now = utcnow()
     token = await ApiToken.create(
@@ -74,7 +74,7 @@ async def signup(
         raise ApiError(
             "conflict", "an account with this email exists", {"fields": {"email": "taken"}}
         ) from None
-    secret, _ = await _issue_session(svc, user)
+    secret, _ = await issue_session(svc, user)
     return {"token": secret, "user": user_view(user), "org": await org_summary(svc, org)}
 
 
@@ -96,7 +96,7 @@ async def login(svc: Services, *, email: str, password: str, address: str) -> di
         limiter.failed([account_key, address_key])
         raise ApiError("unauthenticated", "wrong email or password")
     limiter.succeeded(account_key)
-    secret, _ = await _issue_session(svc, user)
+    secret, _ = await issue_session(svc, user)
     return {"token": secret, "user": user_view(user)}
 
 
@@ -180,12 +180,9 @@ async def create_member(
     if role not in ("admin", "member"):
         raise invalid("role must be admin or member", role="admin or member")
     if password is None:
-        # Invitations by email arrive with the organisations issue; until then a
-        # member is created with a password the admin hands over.
-        raise invalid(
-            "password is required: email invitations are not available on this server yet",
-            password="required",
-        )
+        from server.actions import invitations
+
+        return await invitations.invite_member(svc, actor, email=email, name=name, role=role)
     check_password(password)
     password_hash = await hash_password(password)
     try:
@@ -237,3 +234,36 @@ async def create_bot(svc: Services, actor: Actor, *, name: str) -> dict[str, Any
             kind="bot", created_at=now, last_used_at=now, expires_at=None,
         )
     return {"user": user_view(user), "token": secret}
+
+
+async def update_member(
+    svc: Services, actor: Actor, user_id: str, *, role: str | None, active: bool | None
+) -> dict[str, Any]:
+    """Change a member's role, or deactivate (reactivate) them. Deactivating ends every
+    session and open socket of theirs at once, on every node, and frees their seat."""
+    require_admin(actor)
+    if user_id == actor.id and (active is False or role == "member"):
+        raise ApiError("conflict", "an admin cannot deactivate or demote themselves; "
+                       "ask another admin")
+    async with in_transaction():
+        user = await User.select_for_update().get_or_none(
+            id=user_id, org_id=actor.org_id, kind="member"
+        )
+        if user is None:
+            raise ApiError("not_found", "member not found")
+        if active is True and not user.active:
+            await take_seat(svc, actor.org_id)
+        if role is not None:
+            user.role = role
+        if active is not None:
+            user.active = active
+        await user.save(update_fields=["role", "active"])
+        sessions: list[str] = []
+        if active is False:
+            now = utcnow()
+            sessions = await ApiToken.filter(user_id=user.id, revoked_at__isnull=True
+                                             ).values_list("id", flat=True)  # type: ignore[assignment]
+            await ApiToken.filter(id__in=sessions).update(revoked_at=now)
+    for session_id in sessions:  # after commit: every node closes those sockets
+        await end_session_sockets(svc, session_id, "account deactivated")
+    return {**user_view(user), "active": user.active}

@@ -1,9 +1,10 @@
 """Organisations: plans, seats, the trial, settings.
 
 A plan decides the seat limit (`SEATS_FREE`, `SEATS_TRIAL`, `SEATS_PRO`). Seats are held
-by the organisation's active members (admins included); external users, bots and
-patients never hold one. A trial that has run out is the free plan again: nothing is
-removed, the limits are the free plan's until the organisation upgrades.
+by the organisation's active members (admins included) and by member invitations that
+still work; external users, bots and patients never hold one. A trial that has run out
+is the free plan again: nothing is removed, the limits are the free plan's until the
+organisation upgrades.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from server.actions.views import org_view
 from server.config import Settings
 from server.errors import ApiError, invalid, not_found
 from server.ids import utcnow
-from storage.models import Org, User
+from storage.models import Invitation, Org, User
 
 PLANS = ("free", "trial", "pro")
 TRIAL_DAYS = 7
@@ -42,7 +43,14 @@ def seat_limit(settings: Settings, plan: str) -> int | None:
 
 
 async def seats_used(org_id: str) -> int:
-    return await User.filter(org_id=org_id, kind__in=SEAT_KINDS, active=True).count()
+    """Active members, and member invitations that still work (they are kept for the
+    person invited)."""
+    members = await User.filter(org_id=org_id, kind__in=SEAT_KINDS, active=True).count()
+    invited = await Invitation.filter(
+        org_id=org_id, kind="member", accepted_at__isnull=True, revoked_at__isnull=True,
+        expires_at__gt=utcnow(),
+    ).count()
+    return members + invited
 
 
 async def org_summary(svc: Services, org: Org) -> dict[str, Any]:

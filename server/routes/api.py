@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import schemas as s
-from server.actions import accounts, conversations, messages, orgs
+from server.actions import accounts, conversations, invitations, messages, orgs, teams
 from server.http import (
     JSON,
     actor_of,
@@ -83,7 +83,9 @@ async def start_trial(request: Request) -> Response:
     return JSON(await orgs.start_trial(services(request), actor))
 
 
-@route("POST", f"{API}/members", "Add a member (admin)", body=s.MemberBody, response=s.User,
+@route("POST", f"{API}/members", "Add a member (admin): with a password, the user (201); "
+       "without, an invitation by email (201, an Invitation)", body=s.MemberBody,
+       response=(s.User, s.Invitation),
        status=201, errors=(401, 403, 409, 422))
 async def create_member(request: Request) -> Response:
     actor = await actor_of(request)
@@ -93,6 +95,19 @@ async def create_member(request: Request) -> Response:
         password=body.password,
     )
     return JSON(user, status_code=201)
+
+
+@route("PATCH", f"{API}/members/{{user_id}}", "Change a member's role, or deactivate them "
+       "(admin): their sessions and sockets end at once", body=s.MemberPatchBody,
+       response=s.User, errors=(401, 403, 404, 409, 422))
+async def update_member(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)
+    body = await parse(request, s.MemberPatchBody)
+    return JSON(await accounts.update_member(
+        services(request), actor, path_id(request, "user_id"), role=body.role,
+        active=body.active,
+    ))
 
 
 @route("GET", f"{API}/members", "The organisation's members", response=s.UserList,
@@ -183,4 +198,67 @@ async def mark_read(request: Request) -> Response:
     await conversations.mark_read(
         services(request), actor, path_id(request, "conversation_id"), body.seq
     )
+    return Response(status_code=204)
+
+
+def invite_token(request: Request) -> str:
+    return request.path_params["token"]
+
+
+@route("GET", f"{API}/invites/{{token}}", "What an invitation link is for (404 once used, "
+       "revoked or expired)", response=s.InviteInfo, auth=False, errors=(404,))
+async def describe_invite(request: Request) -> Response:
+    return JSON(await invitations.describe(services(request), invite_token(request)))
+
+
+@route("POST", f"{API}/invites/{{token}}/accept", "Accept an invitation: the account and a "
+       "session", body=s.AcceptBody, response=s.Session, auth=False, errors=(401, 404, 409, 422))
+async def accept_invite(request: Request) -> Response:
+    body = await parse(request, s.AcceptBody)
+    return JSON(await invitations.accept(services(request), invite_token(request),
+                                         name=body.name, password=body.password))
+
+
+@route("POST", f"{API}/teams", "Create a team (admin)", body=s.TeamBody, response=s.Team,
+       status=201, errors=(401, 403, 409, 422))
+async def create_team(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)
+    body = await parse(request, s.TeamBody)
+    return JSON(await teams.create_team(services(request), actor, name=body.name),
+                status_code=201)
+
+
+@route("GET", f"{API}/teams", "The organisation's teams and their members",
+       response=s.TeamList, errors=(401, 403))
+async def list_teams(request: Request) -> Response:
+    actor = await actor_of(request)
+    return JSON({"items": await teams.list_teams(services(request), actor), "next": None})
+
+
+@route("PATCH", f"{API}/teams/{{team_id}}", "Rename a team (admin)", body=s.TeamBody,
+       response=s.Team, errors=(401, 403, 404, 422))
+async def rename_team(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)
+    body = await parse(request, s.TeamBody)
+    return JSON(await teams.rename_team(services(request), actor, path_id(request, "team_id"),
+                                        name=body.name))
+
+
+@route("PUT", f"{API}/teams/{{team_id}}/members/{{user_id}}", "Add a member to a team "
+       "(admin; repeating it changes nothing)", status=204, errors=(401, 403, 404))
+async def add_to_team(request: Request) -> Response:
+    actor = await actor_of(request)
+    await teams.add_to_team(services(request), actor, path_id(request, "team_id"),
+                            path_id(request, "user_id"))
+    return Response(status_code=204)
+
+
+@route("DELETE", f"{API}/teams/{{team_id}}/members/{{user_id}}", "Remove a member from a "
+       "team (admin)", status=204, errors=(401, 403, 404))
+async def remove_from_team(request: Request) -> Response:
+    actor = await actor_of(request)
+    await teams.remove_from_team(services(request), actor, path_id(request, "team_id"),
+                                 path_id(request, "user_id"))
     return Response(status_code=204)

@@ -70,7 +70,11 @@ async def openapi(request: Request) -> Response:
 def openapi_document(server_url: str) -> dict[str, Any]:
     types: list[type] = [s.Error]
     for spec in ROUTES:
-        types.extend(t for t in (spec.body, spec.response) if t is not None)
+        for t in (spec.body, spec.response):
+            if isinstance(t, tuple):  # one of several shapes
+                types.extend(t)
+            elif t is not None:
+                types.append(t)
     _, components = s.json_schema_components(list(dict.fromkeys(types)))
     error_ref = {"$ref": "#/components/schemas/Error"}
     paths: dict[str, dict[str, Any]] = {}
@@ -97,7 +101,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
             }
         success: dict[str, Any] = {"description": "success"}
-        if spec.response is not None:
+        if isinstance(spec.response, tuple):
+            success["content"] = {spec.content_type: {"schema": {"anyOf": [
+                {"$ref": f"#/components/schemas/{t.__name__}"} for t in spec.response]}}}
+        elif spec.response is not None:
             success["content"] = {spec.content_type: {
                 "schema": {"$ref": f"#/components/schemas/{spec.response.__name__}"}}}
         op["responses"][str(spec.status)] = success
