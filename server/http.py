@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,9 +68,44 @@ async def parse(request: Request, schema: type[T]) -> T:
     try:
         return msgspec.json.decode(raw, type=schema)
     except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
+        raise every_field_error(raw, schema, validation_error(str(exc))) from None
     except msgspec.DecodeError:
         raise ApiError("invalid", "request body is not valid JSON") from None
+
+
+def every_field_error(raw: bytes, schema: type, first: ApiError) -> ApiError:
+    """msgspec stops at the first problem; a client fixing a form wants all of them.
+    Check each field of the body on its own and name every one that is wrong."""
+    try:
+        body = msgspec.json.decode(raw)
+        info = msgspec.inspect.type_info(schema)
+    except (msgspec.DecodeError, TypeError):
+        return first
+    if not isinstance(body, dict) or not isinstance(info, msgspec.inspect.StructType):
+        return first
+    fields: dict[str, str] = {}
+    known = {f.encode_name: f for f in info.fields}
+    for name in body:
+        if name not in known:
+            fields[str(name)] = "unknown field"
+    for name, field_info in known.items():
+        if name not in body:
+            if field_info.required:
+                fields[name] = "required"
+            continue
+        try:
+            msgspec.convert(body[name], type=_field_types(schema)[field_info.name])
+        except msgspec.ValidationError as exc:
+            fields[name] = str(exc).split(" - at ")[0]
+    if not fields:
+        return first
+    message = first.message if len(fields) == 1 else f"{len(fields)} fields are invalid"
+    return ApiError("invalid", message, {"fields": fields})
+
+
+@functools.cache
+def _field_types(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema, include_extras=True)
 
 
 def validation_error(text: str) -> ApiError:

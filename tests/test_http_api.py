@@ -331,3 +331,17 @@ async def test_bots_get_a_key_that_works(live_server: LiveServer) -> None:
     # Bots never count as seats.
     r = await live_server.http.get("/api/v1/org", headers=admin.headers)
     assert r.json()["seats"]["used"] == 2
+
+
+async def test_every_invalid_field_is_named(live_server: LiveServer) -> None:
+    r = await live_server.http.post("/api/v1/signup", json={"org_name": "X"})
+    assert r.status_code == 422
+    fields = r.json()["error"]["details"]["fields"]
+    assert set(fields) == {"name", "email", "password"}
+    assert all(reason == "required" for reason in fields.values())
+    r = await live_server.http.post("/api/v1/signup", json={
+        "org_name": "", "name": "Ann", "email": "not-an-email", "password": "short",
+        "colour": "blue"})
+    fields = r.json()["error"]["details"]["fields"]
+    assert set(fields) == {"org_name", "email", "password", "colour"}, fields
+    assert fields["colour"] == "unknown field"
