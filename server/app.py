@@ -170,7 +170,11 @@ def create_app(settings: Settings | None = None) -> Application:
         svc = Services(
             settings=settings,
             hub=hub,
-            login_limiter=LoginLimiter(settings.login_max_failures, settings.login_window_seconds),
+            login_limiter=LoginLimiter(
+                settings.login_max_failures, settings.login_window_seconds,
+                max_per_address=settings.login_max_failures_per_address,
+                secret_key=settings.secret_key,
+            ),
         )
         svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()

@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import time
-from collections import deque
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from storage.models import LoginFailure
 
 _hasher = PasswordHasher()
 # Verifying against this when the account does not exist keeps the timing the same.
@@ -43,46 +44,57 @@ def hash_secret(secret: str, key: str) -> str:
 
 
 class LoginLimiter:
-    """Counts failed logins per account and per client address in a sliding window.
+    """Counts failed logins per account and per client address in a sliding window,
+    in the database, so that every node sees the same counts: with N nodes an attacker
+    gets no more tries than with one. Keys are stored as keyed hashes.
 
-    Per node, in memory: with several nodes an attacker gets at most `max_failures`
-    tries per node per window, which still bounds guessing; a shared limiter can
-    replace this class without touching its callers.
+    An account is limited after `max_failures`; an address after `max_per_address`,
+    higher, because a clinic's whole staff often shares one public address.
     """
 
-    def __init__(self, max_failures: int, window_seconds: float) -> None:
+    def __init__(
+        self, max_failures: int, window_seconds: float, *, max_per_address: int | None = None,
+        secret_key: str = "",
+    ) -> None:
         self.max_failures = max_failures
+        self.max_per_address = max_per_address or max_failures * 10
         self.window = window_seconds
-        self._failures: dict[str, deque[float]] = {}
+        self._secret = secret_key
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
+    def _hash(self, key: str) -> str:
+        return hash_secret(key, self._secret + ":login")
 
-    def retry_after(self, keys: list[str]) -> int:
+    def _limit(self, key: str) -> int:
+        return self.max_per_address if key.startswith("addr:") else self.max_failures
+
+    async def retry_after(self, keys: list[str]) -> int:
         """Seconds until a login may be tried again for any of `keys`; 0 if allowed now."""
-        now = time.monotonic()
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=self.window)
+        by_hash = {self._hash(k): k for k in keys}
+        rows = await LoginFailure.filter(key_hash__in=list(by_hash), at__gt=since).values(
+            "key_hash", "at"
+        )
+        times: dict[str, list[datetime]] = {}
+        for row in rows:
+            times.setdefault(row["key_hash"], []).append(row["at"])
         wait = 0.0
-        for key in keys:
-            times = self._recent(key, now)
-            if len(times) >= self.max_failures:
-                wait = max(wait, times[0] + self.window - now)
+        for key_hash, ats in times.items():
+            limit = self._limit(by_hash[key_hash])
+            if len(ats) >= limit:
+                ats.sort()
+                # Allowed again when the oldest failure that keeps it at the limit ages out.
+                oldest = ats[len(ats) - limit]
+                wait = max(wait, (oldest - since).total_seconds())
         return int(wait) + 1 if wait > 0 else 0
 
-    def failed(self, keys: list[str]) -> None:
-        now = time.monotonic()
-        for key in keys:
-            self._recent(key, now)
-            self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:  # bound memory under a spray of addresses
-            for key in list(self._failures)[:50_000]:
-                del self._failures[key]
+    async def failed(self, keys: list[str]) -> None:
+        now = datetime.now(UTC)
+        await LoginFailure.bulk_create(
+            [LoginFailure(key_hash=self._hash(k), at=now) for k in keys]
+        )
+        # Old failures no longer count: forget them (a few rows at a time, in passing).
+        await LoginFailure.filter(at__lt=now - timedelta(seconds=self.window)).delete()
 
-    def succeeded(self, account_key: str) -> None:
-        self._failures.pop(account_key, None)
+    async def succeeded(self, account_key: str) -> None:
+        await LoginFailure.filter(key_hash=self._hash(account_key)).delete()

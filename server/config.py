@@ -41,6 +41,7 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_SESSION_MAX_SECONDS",
         "BLOOMTEXT_LOGIN_MAX_FAILURES",
         "BLOOMTEXT_LOGIN_WINDOW_SECONDS",
+        "BLOOMTEXT_LOGIN_MAX_FAILURES_PER_ADDRESS",
         "BLOOMTEXT_WS_RATE",
         "BLOOMTEXT_WS_BURST",
         "BLOOMTEXT_WS_SEND_QUEUE",
@@ -84,6 +85,8 @@ class Settings:
     session_idle_seconds: int = 15 * 60
     session_max_seconds: int = 12 * 60 * 60
     login_max_failures: int = 5
+    # Per client address: higher, since a clinic's staff often share one public address.
+    login_max_failures_per_address: int = 50
     login_window_seconds: int = 15 * 60
     ws_rate: float = 50.0
     ws_burst: int = 200
@@ -255,6 +258,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_idle_seconds=_int(env, "BLOOMTEXT_SESSION_IDLE_SECONDS", 15 * 60, minimum=1),
         session_max_seconds=_int(env, "BLOOMTEXT_SESSION_MAX_SECONDS", 12 * 3600, minimum=1),
         login_max_failures=_int(env, "BLOOMTEXT_LOGIN_MAX_FAILURES", 5, minimum=1),
+        login_max_failures_per_address=_int(
+            env, "BLOOMTEXT_LOGIN_MAX_FAILURES_PER_ADDRESS", 50, minimum=1
+        ),
         login_window_seconds=_int(env, "BLOOMTEXT_LOGIN_WINDOW_SECONDS", 15 * 60, minimum=1),
         ws_rate=_float(env, "BLOOMTEXT_WS_RATE", 50.0),
         ws_burst=_int(env, "BLOOMTEXT_WS_BURST", 200, minimum=1),

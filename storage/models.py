@@ -199,3 +199,16 @@ class TeamMember(Model):
     class Meta:
         table = "team_members"
         unique_together = (("team", "user"),)
+
+
+class LoginFailure(Model):
+    """One failed login, counted for an account and for an address (keyed hashes, not
+    the email or address themselves). Shared by every node through the database."""
+
+    id = fields.BigIntField(primary_key=True)
+    key_hash = fields.CharField(max_length=64)
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "login_failures"
+        indexes = (("key_hash", "at"),)

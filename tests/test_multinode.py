@@ -254,6 +254,20 @@ async def test_deactivating_a_member_closes_their_sockets_on_every_node(
         assert (await node.http.get("/api/v1/me", headers=account.headers)).status_code == 401
 
 
+async def test_failed_logins_are_counted_across_nodes(cluster: Cluster) -> None:
+    """With N nodes an attacker gets no more tries than with one."""
+    a, b = await cluster.start("A", "B")
+    admin = await signup(a)
+    for node in (a, b, a, b, a):  # BLOOMTEXT_LOGIN_MAX_FAILURES is 5
+        r = await node.http.post("/api/v1/auth/login",
+                                 json={"email": admin.email, "password": "wrong-guess"})
+        assert r.status_code == 401, r.text
+    for node in (a, b):
+        r = await node.http.post("/api/v1/auth/login",
+                                 json={"email": admin.email, "password": admin.password})
+        assert r.status_code == 429, (node, r.text)
+
+
 async def test_three_nodes_every_socket_gets_every_message_in_order(cluster: Cluster) -> None:
     nodes = await cluster.start("A", "B", "C")
     a, b, c = nodes

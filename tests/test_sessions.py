@@ -70,3 +70,28 @@ async def test_failed_logins_are_rate_limited(live_server: LiveServer) -> None:
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "rate_limited"
     assert int(r.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize("server_env", [{"BLOOMTEXT_LOGIN_MAX_FAILURES": "2",
+                                         "BLOOMTEXT_LOGIN_MAX_FAILURES_PER_ADDRESS": "7"}],
+                         indirect=True)
+async def test_one_address_may_fail_more_than_one_account(live_server: LiveServer) -> None:
+    """A clinic's staff share one public address: one person's typos lock only them."""
+    people = [await live_server.signup(name=f"P{i}") for i in range(4)]
+    for person in people[:3]:
+        for _ in range(2):
+            r = await live_server.http.post("/api/v1/auth/login", json={
+                "email": person.user["email"], "password": "wrong-guess"})
+            assert r.status_code == 401
+    r = await live_server.http.post("/api/v1/auth/login", json={
+        "email": people[0].user["email"], "password": people[0].password})
+    assert r.status_code == 429  # that account is locked
+    r = await live_server.http.post("/api/v1/auth/login", json={
+        "email": people[3].user["email"], "password": people[3].password})
+    assert r.status_code == 200  # 6 failures from the address, under its limit of 7
+    r = await live_server.http.post("/api/v1/auth/login", json={
+        "email": people[3].user["email"], "password": "wrong-guess"})
+    assert r.status_code == 401  # the 7th
+    r = await live_server.http.post("/api/v1/auth/login", json={
+        "email": people[3].user["email"], "password": people[3].password})
+    assert r.status_code == 429  # now the address waits too

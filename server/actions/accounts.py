@@ -82,7 +82,7 @@ async def login(svc: Services, *, email: str, password: str, address: str) -> di
     email = email.strip().lower()
     account_key, address_key = "email:" + email, "addr:" + address
     limiter = svc.login_limiter
-    wait = limiter.retry_after([account_key, address_key])
+    wait = await limiter.retry_after([account_key, address_key])
     if wait:
         raise ApiError(
             "rate_limited",
@@ -93,9 +93,9 @@ async def login(svc: Services, *, email: str, password: str, address: str) -> di
     user = await User.get_or_none(email=email, active=True)
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.kind not in ("member", "external"):
-        limiter.failed([account_key, address_key])
+        await limiter.failed([account_key, address_key])
         raise ApiError("unauthenticated", "wrong email or password")
-    limiter.succeeded(account_key)
+    await limiter.succeeded(account_key)
     secret, _ = await issue_session(svc, user)
     return {"token": secret, "user": user_view(user)}
 
