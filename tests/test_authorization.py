@@ -1,0 +1,169 @@
+"""Who may do what: every HTTP route and every websocket frame, called as an admin and a
+member of organisation A, an admin of organisation B ("other"), a bot of A, and nobody.
+
+Every route the server has must have a row here: a route added later without one fails
+`test_every_route_is_in_the_matrix`. (External collaborators join the roles with the
+organisations issue's externals.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from server.http import ROUTES
+from tests.conftest import LiveServer, Session, expect, recv, send
+
+ROLES = ("admin", "member", "other", "bot", "anon")
+_n = itertools.count()
+
+
+@dataclass
+class World:
+    tokens: dict[str, str | None]
+    ids: dict[str, str]
+
+
+def fresh_email() -> str:
+    return f"m{next(_n)}-{uuid.uuid4().hex[:8]}@example.test"
+
+
+# (method, path template, body or a function of the world giving one, statuses by role).
+# Statuses: admin, member, other, bot, anon. Path placeholders come from World.ids.
+MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int]]] = [
+    ("POST", "/api/v1/signup", lambda w: {"org_name": "New", "name": "N", "email": fresh_email(),
+                                          "password": "correct-horse-1"},
+     (201, 201, 201, 201, 201)),
+    ("POST", "/api/v1/auth/login", {"email": "nobody@example.test", "password": "wrong-guess"},
+     (401, 401, 401, 401, 401)),
+    ("GET", "/api/v1/me", None, (200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/org", None, (200, 200, 200, 200, 401)),
+    ("PATCH", "/api/v1/org", {"policies": {"no_screenshots": True}}, (200, 403, 200, 403, 401)),
+    ("POST", "/api/v1/org/trial", None, (200, 403, 200, 403, 401)),
+    ("POST", "/api/v1/members", lambda w: {"email": fresh_email(), "name": "M",
+                                           "password": "correct-horse-2"},
+     (201, 403, 201, 403, 401)),
+    ("PATCH", "/api/v1/members/{target}", {"role": "member"}, (200, 403, 404, 403, 401)),
+    ("GET", "/api/v1/members", None, (200, 200, 200, 200, 401)),
+    ("POST", "/api/v1/bots", {"name": "B"}, (201, 403, 201, 403, 401)),
+    ("POST", "/api/v1/conversations", lambda w: {"to": [{"user_id": w.ids["target"]}]},
+     (201, 201, 404, 201, 401)),
+    ("GET", "/api/v1/conversations", None, (200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/conversations/{conversation}", None, (200, 200, 404, 404, 401)),
+    ("POST", "/api/v1/conversations/{conversation}/messages",
+     lambda w: {"body": "hello", "client_id": f"m{next(_n)}"}, (201, 201, 404, 404, 401)),
+    ("GET", "/api/v1/conversations/{conversation}/events", None, (200, 200, 404, 404, 401)),
+    ("POST", "/api/v1/conversations/{conversation}/read", {"seq": 0},
+     (204, 204, 404, 404, 401)),
+    ("GET", "/api/v1/invites/{invite}", None, (404, 404, 404, 404, 404)),
+    ("POST", "/api/v1/invites/{invite}/accept", {"name": "X", "password": "correct-horse-3"},
+     (404, 404, 404, 404, 404)),
+    ("POST", "/api/v1/teams", {"name": "T"}, (201, 403, 201, 403, 401)),
+    ("GET", "/api/v1/teams", None, (200, 200, 200, 200, 401)),
+    ("PATCH", "/api/v1/teams/{team}", {"name": "Renamed"}, (200, 403, 404, 403, 401)),
+    ("PUT", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 403, 401)),
+    ("DELETE", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 403, 401)),
+    ("GET", "/healthz", None, (200, 200, 200, 200, 200)),
+    ("GET", "/readyz", None, (200, 200, 200, 200, 200)),
+    ("GET", "/metrics", None, (404, 404, 404, 404, 404)),  # METRICS_TOKEN unset
+    ("GET", "/openapi.json", None, (200, 200, 200, 200, 200)),
+    ("GET", "/join/{invite}", None, (200, 200, 200, 200, 200)),  # the page; it asks the API
+    # Last: it ends the session the rows above used (a bot gives up its own key).
+    ("POST", "/api/v1/auth/logout", None, (204, 204, 204, 204, 401)),
+]
+
+
+def test_every_route_is_in_the_matrix() -> None:
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]+\}", "{}", path)
+
+    covered = {(m, shape(p)) for m, p, _, _ in MATRIX}
+    missing = [f"{spec.method} {spec.path}" for spec in ROUTES
+               if (spec.method, shape(spec.path)) not in covered]
+    assert not missing, f"routes without a row in the authorization matrix: {missing}"
+
+
+@pytest.fixture
+async def world(live_server: LiveServer) -> World:
+    admin = await live_server.signup(org_name="A")
+    member = await live_server.add_member(admin, name="A member")
+    target = await live_server.add_member(admin, name="A target")
+    other = await live_server.signup(org_name="B")
+    r = await live_server.http.post("/api/v1/bots", json={"name": "A bot"},
+                                    headers=admin.headers)
+    bot_token = r.json()["token"]
+    conversation = await live_server.conversation(admin, member)
+    r = await live_server.http.post("/api/v1/teams", json={"name": "A team"},
+                                    headers=admin.headers)
+    return World(
+        tokens={"admin": admin.token, "member": member.token, "other": other.token,
+                "bot": bot_token, "anon": None},
+        ids={"target": target.user["id"], "conversation": conversation,
+             "team": r.json()["id"], "invite": "bi_" + "x" * 43},
+    )
+
+
+async def test_http_matrix(live_server: LiveServer, world: World) -> None:
+    wrong: list[str] = []
+    for method, template, body, expected in MATRIX:
+        path = template.format(**world.ids)
+        for role, status in zip(ROLES, expected, strict=True):
+            token = world.tokens[role]
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            payload = body(world) if callable(body) else body
+            r = await live_server.http.request(method, path, json=payload, headers=headers)
+            if r.status_code != status:
+                wrong.append(f"{method} {template} as {role}: {r.status_code} "
+                             f"(expected {status}) {r.text[:160]}")
+            if r.status_code >= 400 and "json" in r.headers.get("content-type", ""):
+                assert "error" in r.json() and "code" in r.json()["error"], r.text
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("role", ["admin", "member", "other", "bot"])
+async def test_websocket_frames(live_server: LiveServer, world: World, role: str) -> None:
+    """In A's conversation: its participants may send, read, type and sync; anyone else
+    gets `not_found` for each, exactly as for a conversation that does not exist."""
+    allowed = role in ("admin", "member")
+    session = Session(world.tokens[role] or "", {"id": "?"})
+    ws = await live_server.socket()
+    await send(ws, {"type": "auth", "token": session.token})
+    await expect(ws, "ready")
+    cid = world.ids["conversation"]
+    frames = [
+        {"type": "send", "ref": 1, "conversation_id": cid, "client_id": f"w{role}",
+         "body": "hi"},
+        {"type": "read", "ref": 2, "conversation_id": cid, "seq": 0},
+        {"type": "typing", "ref": 3, "conversation_id": cid},
+        {"type": "sync", "ref": 4, "since": {cid: 0}},
+    ]
+    for frame in frames:
+        await send(ws, frame)
+    answers: dict[int, dict[str, Any]] = {}
+    try:
+        while len(answers) < (2 if allowed else 4):
+            reply = await recv(ws, 3)
+            if reply.get("ref") in (1, 2, 3, 4) and reply["type"] != "event":
+                answers[reply["ref"]] = reply
+    except TimeoutError:
+        pass
+    if allowed:
+        assert answers[1]["type"] == "ack" and answers[4]["type"] == "synced", answers
+        assert 2 not in answers and 3 not in answers  # read and typing answer nothing
+    else:
+        assert {ref: a.get("code") for ref, a in answers.items()} == {
+            1: "not_found", 2: "not_found", 3: "not_found", 4: "not_found"}, answers
+
+
+async def test_websocket_without_auth(live_server: LiveServer) -> None:
+    ws = await live_server.socket()
+    await send(ws, {"type": "sync", "since": {}})
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws, 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
