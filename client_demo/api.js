@@ -76,6 +76,7 @@ export function createApi(getToken, onUnauthenticated) {
 
   return {
     request,
+    listAll,
     login: (email, password) =>
       request('POST', '/api/v1/auth/login', { body: { email, password }, auth: false }),
     logout: () => request('POST', '/api/v1/auth/logout'),

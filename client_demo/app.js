@@ -2,6 +2,7 @@
 // All user-provided text reaches the DOM through text nodes (never innerHTML).
 
 import { ApiError, createApi } from './api.js';
+import { createOrgPanel } from './org.js';
 import { Realtime, websocketUrl } from './realtime.js';
 
 const TOKEN_KEY = 'bloomtext.token';
@@ -668,7 +669,10 @@ function render() {
 function renderHeader() {
   setText($('org-name'), state.org ? state.org.name || '' : '');
   setText($('me-name'), state.me ? state.me.name || state.me.email || '' : '');
+  show($('org-open'), Boolean(state.me && state.me.role === 'admin'));
 }
+
+const orgPanel = createOrgPanel(api, { me: () => state.me, toast: (m) => toast(m) });
 
 function renderStatus(s) {
   const node = $('conn-status');
@@ -1107,6 +1111,7 @@ async function startSession() {
 }
 
 function resetState() {
+  orgPanel.close();
   state.session += 1;
   state.me = null;
   state.org = null;
@@ -1284,6 +1289,8 @@ function onComposerSubmit(event) {
 function init() {
   $('login-form').addEventListener('submit', onLoginSubmit);
   $('logout').addEventListener('click', logout);
+  $('org-open').addEventListener('click', () => orgPanel.open());
+  $('org-close').addEventListener('click', () => orgPanel.close());
   $('new-conv-toggle').addEventListener('click', () => {
     if ($('new-conv-form').hidden) openNewConversation();
     else closeNewConversation();

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +29,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 WAIT_MS = 10_000
+# Set TEST_SCREENSHOTS_DIR to keep a picture of each page the tests drive.
+SCREENSHOTS = os.environ.get("TEST_SCREENSHOTS_DIR")
 PASSWORD = "correct-horse-battery-staple"
 
 
@@ -188,6 +191,53 @@ async def test_join_page_sets_up_an_invited_member(live_server):
             # The link worked once: opened again, the page says so.
             await page.goto(path)
             await expect(page.get_by_test_id("join-gone")).to_be_visible()
+        finally:
+            await browser.close()
+    assert errors == [], errors
+
+
+async def test_admin_manages_the_organisation(live_server):
+    """An admin invites someone (no mail server: the link is shown), makes a team, puts
+    a member in it, and deactivates another member, all from the Organisation panel."""
+    base_url = live_server.base_url.rstrip("/")
+    suffix = uuid.uuid4().hex[:8]
+    setup = await _api_setup(base_url, suffix)  # Alice (admin) and Bob (member)
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            _, page = await _open_page(browser, base_url, errors)
+            page.on("dialog", lambda dialog: dialog.accept())
+            await _log_in(page, setup["a_email"])
+            await page.get_by_test_id("org-open").click()
+            await expect(page.get_by_test_id("org-plan")).to_have_text(
+                "Free plan · 2 of 5 seats used")
+
+            await page.get_by_test_id("invite-email").fill(f"carol.{suffix}@example.com")
+            await page.get_by_test_id("invite-name").fill("Carol New")
+            await page.get_by_test_id("invite-submit").click()
+            await expect(page.get_by_test_id("invite-result")).to_contain_text("/join/bi_")
+            await expect(page.get_by_test_id("org-plan")).to_have_text(
+                "Free plan · 3 of 5 seats used")  # the invitation holds a seat
+
+            await page.get_by_test_id("team-name").fill("Front desk")
+            await page.get_by_test_id("team-create").click()
+            team = page.get_by_test_id("org-team").filter(has_text="Front desk")
+            await expect(team).to_have_count(1)
+            await team.get_by_test_id("team-add").select_option(label=setup["b_name"])
+            await expect(team.get_by_test_id("team-member")).to_contain_text(setup["b_name"])
+
+            bob = page.get_by_test_id("org-member").filter(has_text=setup["b_name"])
+            await bob.get_by_test_id("deactivate").click()
+            await expect(page.get_by_test_id("org-member").filter(
+                has_text=setup["b_name"])).to_have_count(0)
+            await expect(page.get_by_test_id("org-plan")).to_have_text(
+                "Free plan · 2 of 5 seats used")
+            if SCREENSHOTS:
+                await page.screenshot(path=str(Path(SCREENSHOTS) / "org-panel.png"),
+                                      full_page=True)
         finally:
             await browser.close()
     assert errors == [], errors
