@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    # tortoise logs every query with its values at DEBUG: message bodies, emails, links.
+    # Never, whatever BLOOMTEXT_LOG_LEVEL says.
+    logging.getLogger("tortoise").setLevel(max(logging.INFO, logging.root.level))
     if args.command == "serve":
         serve(settings)
     elif args.command == "migrate":

@@ -70,6 +70,16 @@ async def database_url(
     await drop_database(base, name)
 
 
+@pytest.fixture
+async def storage(database_url: str) -> AsyncIterator[str]:
+    """The ORM connected in this process to a fresh database, for storage-level tests."""
+    await db.init_db(database_url)
+    try:
+        yield database_url
+    finally:
+        await db.close_db()
+
+
 @dataclass
 class Session:
     token: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -17,16 +16,6 @@ from server.ids import new_id, utcnow
 from storage import db, queries
 from storage.models import Conversation, Org, Participant, User
 from tests.conftest import LiveServer, expect, quiet, send
-
-
-@pytest.fixture
-async def storage(database_url: str) -> AsyncIterator[str]:
-    await db.init_db(database_url)
-    try:
-        yield database_url
-    finally:
-        await db.close_db()
-
 
 SENDER = "us_sender0000000000"
 
