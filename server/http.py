@@ -78,23 +78,22 @@ def every_field_error(raw: bytes, schema: type, first: ApiError) -> ApiError:
     Check each field of the body on its own and name every one that is wrong."""
     try:
         body = msgspec.json.decode(raw)
-        info = msgspec.inspect.type_info(schema)
-    except (msgspec.DecodeError, TypeError):
+    except msgspec.DecodeError:
         return first
-    if not isinstance(body, dict) or not isinstance(info, msgspec.inspect.StructType):
+    known = _body_fields(schema)
+    if not isinstance(body, dict) or not known:
         return first
     fields: dict[str, str] = {}
-    known = {f.encode_name: f for f in info.fields}
     for name in body:
         if name not in known:
             fields[str(name)] = "unknown field"
-    for name, field_info in known.items():
+    for name, (required, field_type) in known.items():
         if name not in body:
-            if field_info.required:
+            if required:
                 fields[name] = "required"
             continue
         try:
-            msgspec.convert(body[name], type=_field_types(schema)[field_info.name])
+            msgspec.convert(body[name], type=field_type)
         except msgspec.ValidationError as exc:
             fields[name] = str(exc).split(" - at ")[0]
     if not fields:
@@ -104,8 +103,13 @@ def every_field_error(raw: bytes, schema: type, first: ApiError) -> ApiError:
 
 
 @functools.cache
-def _field_types(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema, include_extras=True)
+def _body_fields(schema: type) -> dict[str, tuple[bool, Any]]:
+    """A body Struct's fields by JSON name: (required, type with its constraints)."""
+    info = msgspec.inspect.type_info(schema)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return {}
+    hints = typing.get_type_hints(schema, include_extras=True)
+    return {f.encode_name: (f.required, hints[f.name]) for f in info.fields}
 
 
 def validation_error(text: str) -> ApiError:
