@@ -1,5 +1,8 @@
 // HTTP side of the BloomText v1 contract (see PROTOCOL.md).
 
+// Where the web client keeps its session token (sessionStorage), for every page.
+export const TOKEN_KEY = 'bloomtext.token';
+
 export class ApiError extends Error {
   constructor(status, code, message, details) {
     super(message || code);

@@ -1,11 +1,11 @@
 // BloomText demo client: inbox, conversations, live messages, typing, read receipts.
 // All user-provided text reaches the DOM through text nodes (never innerHTML).
 
-import { ApiError, createApi } from './api.js';
+import { ApiError, createApi, TOKEN_KEY } from './api.js';
+import { el } from './dom.js';
 import { createOrgPanel } from './org.js';
 import { Realtime, websocketUrl } from './realtime.js';
 
-const TOKEN_KEY = 'bloomtext.token';
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOW_MS = 5000;
 const HISTORY_PAGE = 1000;
@@ -96,22 +96,6 @@ function uuid() {
 
 // ---------------------------------------------------------------------------
 // DOM helpers
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === 'class') node.className = value;
-    else if (key.startsWith('on') && typeof value === 'function') {
-      node.addEventListener(key.slice(2), value);
-    } else node.setAttribute(key, value === true ? '' : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 function setText(node, text) {
   node.textContent = text;

@@ -1,7 +1,6 @@
 // The page behind an invitation link (/join/<token>): set a name and password, then in.
-import { createApi } from './api.js';
+import { createApi, TOKEN_KEY } from './api.js';
 
-const TOKEN_KEY = 'bloomtext.token'; // the web client's session key (app.js)
 const api = createApi(() => null, () => {});
 const token = decodeURIComponent(location.pathname.split('/').pop() || '');
 const $ = (id) => document.getElementById(id);

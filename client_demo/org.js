@@ -1,18 +1,9 @@
 // The organisation panel for admins: plan and seats, members (invite, deactivate), teams.
 // One module per view: app.js only opens and closes it.
 
-const $ = (id) => document.getElementById(id);
+import { el } from './dom.js';
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === 'dataset') Object.assign(node.dataset, v);
-    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? '' : v);
-  }
-  for (const child of children) if (child != null) node.append(child);
-  return node;
-}
+const $ = (id) => document.getElementById(id);
 
 /**
  * @param {{request: Function, listAll: Function}} api
@@ -49,7 +40,7 @@ export function createOrgPanel(api, ctx) {
     const me = ctx.me();
     const list = el('ul', { class: 'org-list', 'data-testid': 'org-members' });
     for (const user of members.filter((u) => u.kind === 'member')) {
-      const row = el('li', { 'data-testid': 'org-member', dataset: { userId: user.id } },
+      const row = el('li', { 'data-testid': 'org-member', 'data-user-id': user.id },
         el('span', {}, `${user.name} · ${user.email || ''} · ${user.role}`));
       if (user.id !== me.id) {
         row.append(el('button', {
