@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,14 +31,13 @@ from server.http import JSON, ROUTES
 # Importing the route modules registers their routes.
 from server.routes import api as _api  # noqa: F401, I001
 from server.routes import meta as _meta  # noqa: F401
-from server.routes import pages as _pages  # noqa: F401
+from server.routes.pages import CLIENT_DIR
 from server.ws import watch_sessions, ws_endpoint
 from storage import db
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext")
 DEFAULT_POSTGRES_LANES = 2
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_demo"
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
