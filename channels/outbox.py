@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,17 +29,26 @@ from storage.outage import is_outage
 log = logging.getLogger("bloomtext.outbox")
 
 FailedHook = Callable[[OutboxMessage], Awaitable[None]]
+# Run before each claim; returns how many held rows it let go. Owned by the caller (the
+# server's actions), so this module knows nothing of what makes a row due.
+RoundHook = Callable[[], Awaitable[int]]
 
 
 async def enqueue(
-    *, org_id: str | None, channel: str, purpose: str, to: str, payload: dict[str, Any]
+    *, org_id: str | None, channel: str, purpose: str, to: str, payload: dict[str, Any],
+    held: bool = False,
 ) -> OutboxMessage:
     """Queue a message. Call it inside the transaction of the change that causes it (the
-    ORM writes on that transaction), and `OutboxWorker.notify()` after the commit."""
+    ORM writes on that transaction), and `OutboxWorker.notify()` after the commit.
+
+    A `held` message waits (status `held`) until something sets it `pending`; a
+    `RoundHook` of the worker does that, e.g. for an external invitation that goes out
+    with its conversation's first message."""
     now = _now()
     return await OutboxMessage.create(
         id=f"ob_{secrets.token_urlsafe(12)}", org_id=org_id, channel=channel, purpose=purpose,
         recipient=to, payload=payload, next_attempt_at=now, created_at=now,
+        status="held" if held else "pending",
     )
 
 
@@ -59,6 +68,7 @@ class OutboxWorker:
         max_delay: float = 3600.0,
         lease_seconds: float = 120.0,
         on_failed: FailedHook | None = None,
+        before_round: Sequence[RoundHook] = (),
     ) -> None:
         self._senders = dict(senders)
         self._batch = batch_size
@@ -68,6 +78,7 @@ class OutboxWorker:
         self._max_delay = max_delay
         self._lease = timedelta(seconds=lease_seconds)
         self._on_failed = on_failed
+        self._before_round = list(before_round)
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -100,6 +111,12 @@ class OutboxWorker:
 
     async def run_once(self) -> int:
         """Claim what is due, send it, record the outcomes; the number of rows handled."""
+        for hook in self._before_round:
+            try:
+                await hook()
+            except Exception as exc:  # never a reason to stop sending what is due
+                if not is_outage(exc):
+                    log.exception("outbox: a round hook failed")
         now = _now()
         ids = await queries.claim_outbox(db.connection(), now, now + self._lease, self._batch)
         if not ids:

@@ -20,7 +20,7 @@ from channels.outbox import OutboxWorker
 from channels.sender import LoggingSender, Sender
 from realtime.broker import make_broker
 from realtime.hub import Hub
-from server.actions import conversations
+from server.actions import conversations, externals
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
 from server.auth import LoginLimiter
@@ -153,7 +153,8 @@ def make_outbox(settings: Settings) -> OutboxWorker:
         else LoggingSender("email", "SMTP_URL is not set"),
         "sms": LoggingSender("sms", "Twilio is not configured"),
     }
-    return OutboxWorker(senders)
+    # An external invitation's mail is held until its conversation's first message.
+    return OutboxWorker(senders, before_round=[externals.release_due])
 
 
 def create_app(settings: Settings | None = None) -> Application:

@@ -127,6 +127,12 @@ class Session(Struct):
     user: User
 
 
+class AcceptResult(Struct):
+    token: str
+    user: User
+    conversation_ids: list[str] = msgspec.field(default_factory=list)  # externals: joined
+
+
 class SignupResult(Struct):
     token: str
     user: User
@@ -188,12 +194,23 @@ class Participant(Struct):
     read_seq: int
 
 
+class Invitee(Struct):
+    """An outside address named in the conversation that has not joined yet."""
+
+    email: str
+    kind: Literal["external"]
+    invited: bool  # the invitation mail has gone (it goes with the first message)
+    link: str | None = None  # only in the creator's answer, when SMTP_URL is unset
+
+
 class Conversation(Struct):
     id: str
     org_id: str
+    org_name: str  # the host organisation (an external's conversations are elsewhere)
     kind: Literal["internal", "patient"]
     subject: str | None
     participants: list[Participant]
+    invitees: list[Invitee]
     phone_number_id: str | None
     channel: str | None
     last_seq: int

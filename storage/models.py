@@ -151,9 +151,10 @@ class OutboxMessage(Model):
 
 
 class Invitation(Model):
-    """A link that lets someone join: as a member of the organisation (or, later, as an
-    external in a conversation). Only the keyed hash of its secret is stored; it works
-    once, until `expires_at`, unless revoked (a resend revokes the previous link)."""
+    """A link that lets someone join: as a member of the organisation, or as an external
+    in the conversations that name their address. Only the keyed hash of its secret is
+    stored. It works once, until `expires_at`, unless revoked (a resend revokes the
+    previous link)."""
 
     id = fields.CharField(max_length=32, primary_key=True)
     org = fields.ForeignKeyField("models.Org", related_name="invitations",
@@ -166,6 +167,9 @@ class Invitation(Model):
     invited_by = fields.ForeignKeyField("models.User", related_name="invitations_sent",
                                         null=True, on_delete=fields.SET_NULL)
     outbox_id = fields.CharField(max_length=32, null=True)  # the mail that carries it
+    # When the mail was let go to the outbox worker. An external invitation is held
+    # (null) until a message is stored in one of its conversations.
+    mailed_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField()
     expires_at = fields.DatetimeField()
     accepted_at = fields.DatetimeField(null=True)
@@ -173,7 +177,7 @@ class Invitation(Model):
 
     class Meta:
         table = "invitations"
-        indexes = (("org_id", "email"),)
+        indexes = (("org_id", "email"), ("mailed_at",))
 
 
 class Team(Model):
@@ -212,3 +216,24 @@ class LoginFailure(Model):
     class Meta:
         table = "login_failures"
         indexes = (("key_hash", "at"),)
+
+
+class PendingParticipant(Model):
+    """An outside address named in a conversation before its owner has joined it.
+
+    The external invitation for that address (one per host organisation and address)
+    is mailed when the conversation's first event is stored; accepting it turns every
+    pending row of the host organisation for that address into a participant."""
+
+    id = fields.BigIntField(primary_key=True)
+    conversation = fields.ForeignKeyField("models.Conversation", related_name="pending",
+                                          on_delete=fields.CASCADE)
+    email = fields.CharField(max_length=320)
+    invited_by = fields.ForeignKeyField("models.User", related_name="pending_added",
+                                        null=True, on_delete=fields.SET_NULL)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "pending_participants"
+        unique_together = (("conversation", "email"),)
+        indexes = (("email",),)

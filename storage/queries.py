@@ -262,3 +262,30 @@ async def claim_outbox(
         f" ORDER BY next_attempt_at LIMIT {sql.param(limit)}{skip}) RETURNING id"
     )
     return [row["id"] for row in rows]
+
+
+async def held_invitations_due(conn: BaseDBAsyncClient, limit: int = 100) -> list[dict[str, Any]]:
+    """External invitations still held (not mailed, not used) whose address is pending
+    in a conversation of the inviting organisation that has an event: {id, outbox_id}."""
+    sql = Sql(conn)
+    return await sql.rows(
+        "SELECT DISTINCT i.id, i.outbox_id FROM invitations AS i"
+        " JOIN pending_participants AS p ON p.email = i.email"
+        " JOIN conversations AS c ON c.id = p.conversation_id AND c.org_id = i.org_id"
+        " WHERE i.mailed_at IS NULL AND i.kind = 'external' AND i.accepted_at IS NULL"
+        f" AND i.revoked_at IS NULL AND c.last_seq > 0 LIMIT {sql.param(limit)}"
+    )
+
+
+async def users_known_to_org(conn: BaseDBAsyncClient, org_id: str, user_ids: list[str]) -> set[str]:
+    """Those of `user_ids` who share a conversation with a user of `org_id`."""
+    if not user_ids:
+        return set()
+    sql = Sql(conn)
+    rows = await sql.rows(
+        "SELECT DISTINCT p.user_id FROM participants AS p"
+        " JOIN participants AS q ON q.conversation_id = p.conversation_id"
+        " JOIN users AS u ON u.id = q.user_id"
+        f" WHERE p.user_id IN ({sql.params(user_ids)}) AND u.org_id = {sql.param(org_id)}"
+    )
+    return {row["user_id"] for row in rows}

@@ -1,9 +1,10 @@
 """Who may do what: every HTTP route and every websocket frame, called as an admin and a
-member of organisation A, an admin of organisation B ("other"), a bot of A, and nobody.
+member of organisation A, an admin of organisation B ("other"), an external (an account
+of organisation C who joined one of A's conversations through an invitation, but not the
+one the rows use), a bot of A, and nobody.
 
 Every route the server has must have a row here: a route added later without one fails
-`test_every_route_is_in_the_matrix`. (External collaborators join the roles with the
-organisations issue's externals.)
+`test_every_route_is_in_the_matrix`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from server.http import ROUTES
 from tests.conftest import LiveServer, Session, expect, recv, send
 
-ROLES = ("admin", "member", "other", "bot", "anon")
+ROLES = ("admin", "member", "other", "external", "bot", "anon")
 _n = itertools.count()
 
 
@@ -35,47 +36,51 @@ def fresh_email() -> str:
 
 
 # (method, path template, body or a function of the world giving one, statuses by role).
-# Statuses: admin, member, other, bot, anon. Path placeholders come from World.ids.
-MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int]]] = [
+# Statuses: admin, member, other, external, bot, anon. An external is an account of its
+# own organisation: of A it sees only the conversations it is in, exactly like "other".
+# Path placeholders come from World.ids.
+MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("POST", "/api/v1/signup", lambda w: {"org_name": "New", "name": "N", "email": fresh_email(),
                                           "password": "correct-horse-1"},
-     (201, 201, 201, 201, 201)),
-    ("POST", "/api/v1/auth/login", {"email": "nobody@example.test", "password": "wrong-guess"},
-     (401, 401, 401, 401, 401)),
-    ("GET", "/api/v1/me", None, (200, 200, 200, 200, 401)),
-    ("GET", "/api/v1/org", None, (200, 200, 200, 200, 401)),
-    ("PATCH", "/api/v1/org", {"policies": {"no_screenshots": True}}, (200, 403, 200, 403, 401)),
-    ("POST", "/api/v1/org/trial", None, (200, 403, 200, 403, 401)),
+     (201, 201, 201, 201, 201, 201)),
+    # A fresh address each time: five failures for one account would be 429.
+    ("POST", "/api/v1/auth/login", lambda w: {"email": fresh_email(), "password": "wrong-guess"},
+     (401, 401, 401, 401, 401, 401)),
+    ("GET", "/api/v1/me", None, (200, 200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/org", None, (200, 200, 200, 200, 200, 401)),
+    ("PATCH", "/api/v1/org", {"policies": {"no_screenshots": True}},
+     (200, 403, 200, 200, 403, 401)),
+    ("POST", "/api/v1/org/trial", None, (200, 403, 200, 200, 403, 401)),
     ("POST", "/api/v1/members", lambda w: {"email": fresh_email(), "name": "M",
                                            "password": "correct-horse-2"},
-     (201, 403, 201, 403, 401)),
-    ("PATCH", "/api/v1/members/{target}", {"role": "member"}, (200, 403, 404, 403, 401)),
-    ("GET", "/api/v1/members", None, (200, 200, 200, 200, 401)),
-    ("POST", "/api/v1/bots", {"name": "B"}, (201, 403, 201, 403, 401)),
+     (201, 403, 201, 201, 403, 401)),
+    ("PATCH", "/api/v1/members/{target}", {"role": "member"}, (200, 403, 404, 404, 403, 401)),
+    ("GET", "/api/v1/members", None, (200, 200, 200, 200, 200, 401)),
+    ("POST", "/api/v1/bots", {"name": "B"}, (201, 403, 201, 201, 403, 401)),
     ("POST", "/api/v1/conversations", lambda w: {"to": [{"user_id": w.ids["target"]}]},
-     (201, 201, 404, 201, 401)),
-    ("GET", "/api/v1/conversations", None, (200, 200, 200, 200, 401)),
-    ("GET", "/api/v1/conversations/{conversation}", None, (200, 200, 404, 404, 401)),
+     (201, 201, 404, 404, 201, 401)),
+    ("GET", "/api/v1/conversations", None, (200, 200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/conversations/{conversation}", None, (200, 200, 404, 404, 404, 401)),
     ("POST", "/api/v1/conversations/{conversation}/messages",
-     lambda w: {"body": "hello", "client_id": f"m{next(_n)}"}, (201, 201, 404, 404, 401)),
-    ("GET", "/api/v1/conversations/{conversation}/events", None, (200, 200, 404, 404, 401)),
+     lambda w: {"body": "hello", "client_id": f"m{next(_n)}"}, (201, 201, 404, 404, 404, 401)),
+    ("GET", "/api/v1/conversations/{conversation}/events", None, (200, 200, 404, 404, 404, 401)),
     ("POST", "/api/v1/conversations/{conversation}/read", {"seq": 0},
-     (204, 204, 404, 404, 401)),
-    ("GET", "/api/v1/invites/{invite}", None, (404, 404, 404, 404, 404)),
+     (204, 204, 404, 404, 404, 401)),
+    ("GET", "/api/v1/invites/{invite}", None, (404, 404, 404, 404, 404, 404)),
     ("POST", "/api/v1/invites/{invite}/accept", {"name": "X", "password": "correct-horse-3"},
-     (404, 404, 404, 404, 404)),
-    ("POST", "/api/v1/teams", {"name": "T"}, (201, 403, 201, 403, 401)),
-    ("GET", "/api/v1/teams", None, (200, 200, 200, 200, 401)),
-    ("PATCH", "/api/v1/teams/{team}", {"name": "Renamed"}, (200, 403, 404, 403, 401)),
-    ("PUT", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 403, 401)),
-    ("DELETE", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 403, 401)),
-    ("GET", "/healthz", None, (200, 200, 200, 200, 200)),
-    ("GET", "/readyz", None, (200, 200, 200, 200, 200)),
-    ("GET", "/metrics", None, (404, 404, 404, 404, 404)),  # METRICS_TOKEN unset
-    ("GET", "/openapi.json", None, (200, 200, 200, 200, 200)),
-    ("GET", "/join/{invite}", None, (200, 200, 200, 200, 200)),  # the page; it asks the API
+     (404, 404, 404, 404, 404, 404)),
+    ("POST", "/api/v1/teams", {"name": "T"}, (201, 403, 201, 201, 403, 401)),
+    ("GET", "/api/v1/teams", None, (200, 200, 200, 200, 200, 401)),
+    ("PATCH", "/api/v1/teams/{team}", {"name": "Renamed"}, (200, 403, 404, 404, 403, 401)),
+    ("PUT", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 404, 403, 401)),
+    ("DELETE", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 404, 403, 401)),
+    ("GET", "/healthz", None, (200, 200, 200, 200, 200, 200)),
+    ("GET", "/readyz", None, (200, 200, 200, 200, 200, 200)),
+    ("GET", "/metrics", None, (404, 404, 404, 404, 404, 404)),  # METRICS_TOKEN unset
+    ("GET", "/openapi.json", None, (200, 200, 200, 200, 200, 200)),
+    ("GET", "/join/{invite}", None, (200, 200, 200, 200, 200, 200)),  # the page; it asks the API
     # Last: it ends the session the rows above used (a bot gives up its own key).
-    ("POST", "/api/v1/auth/logout", None, (204, 204, 204, 204, 401)),
+    ("POST", "/api/v1/auth/logout", None, (204, 204, 204, 204, 204, 401)),
 ]
 
 
@@ -99,11 +104,20 @@ async def world(live_server: LiveServer) -> World:
                                     headers=admin.headers)
     bot_token = r.json()["token"]
     conversation = await live_server.conversation(admin, member)
+    # The external: invited into another of A's conversations (no SMTP here, so the
+    # creator gets the link), with its own organisation C.
+    r = await live_server.http.post("/api/v1/conversations",
+                                    json={"to": [{"email": fresh_email()}]}, headers=admin.headers)
+    link = r.json()["invitees"][0]["link"]
+    r = await live_server.http.post(
+        f"/api/v1/invites/{link.rsplit('/', 1)[1]}/accept",
+        json={"name": "C external", "password": "correct-horse-4", "org_name": "C"})
+    external_token = r.json()["token"]
     r = await live_server.http.post("/api/v1/teams", json={"name": "A team"},
                                     headers=admin.headers)
     return World(
         tokens={"admin": admin.token, "member": member.token, "other": other.token,
-                "bot": bot_token, "anon": None},
+                "external": external_token, "bot": bot_token, "anon": None},
         ids={"target": target.user["id"], "conversation": conversation,
              "team": r.json()["id"], "invite": "bi_" + "x" * 43},
     )
@@ -126,7 +140,7 @@ async def test_http_matrix(live_server: LiveServer, world: World) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("role", ["admin", "member", "other", "bot"])
+@pytest.mark.parametrize("role", ["admin", "member", "other", "external", "bot"])
 async def test_websocket_frames(live_server: LiveServer, world: World, role: str) -> None:
     """In A's conversation: its participants may send, read, type and sync; anyone else
     gets `not_found` for each, exactly as for a conversation that does not exist."""

@@ -79,6 +79,14 @@ async def signup(
 
 
 async def login(svc: Services, *, email: str, password: str, address: str) -> dict[str, Any]:
+    user = await check_credentials(svc, email=email, password=password, address=address)
+    secret, _ = await issue_session(svc, user)
+    return {"token": secret, "user": user_view(user)}
+
+
+async def check_credentials(svc: Services, *, email: str, password: str, address: str) -> User:
+    """The active staff account with this email and password, or 401; every failure is
+    counted by the login limiter, per account and per address (429 past the limit)."""
     email = email.strip().lower()
     account_key, address_key = "email:" + email, "addr:" + address
     limiter = svc.login_limiter
@@ -96,8 +104,7 @@ async def login(svc: Services, *, email: str, password: str, address: str) -> di
         await limiter.failed([account_key, address_key])
         raise ApiError("unauthenticated", "wrong email or password")
     await limiter.succeeded(account_key)
-    secret, _ = await issue_session(svc, user)
-    return {"token": secret, "user": user_view(user)}
+    return user
 
 
 async def authenticate(svc: Services, secret: str) -> Actor:

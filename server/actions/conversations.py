@@ -9,11 +9,12 @@ from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic, user_topic
+from server.actions import externals
 from server.actions.context import Actor, Services
 from server.actions.views import conversation_view, event_view, participant_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import iso, new_id, utcnow
-from storage.models import Conversation, Event, Participant, User
+from storage.models import Conversation, Event, Org, Participant, User
 
 SYNC_LIMIT = 1000  # events per conversation per `sync` call (the contract's bound)
 
@@ -28,7 +29,7 @@ async def membership(actor: Actor, conversation_id: str) -> Participant:
     return participant
 
 
-async def _resolve_targets(actor: Actor, targets: list[dict[str, Any]]) -> list[User]:
+async def _resolve_targets(actor: Actor, targets: list[dict[str, Any]]) -> externals.Targets:
     user_ids: list[str] = []
     emails: list[str] = []
     for i, target in enumerate(targets):
@@ -44,28 +45,50 @@ async def _resolve_targets(actor: Actor, targets: list[dict[str, Any]]) -> list[
             )
         else:
             raise invalid("each target names a user_id or an email", **{f"to[{i}]": "unknown"})
-    users: list[User] = []
+    result = externals.Targets()
+    outsiders: list[User] = []
     if user_ids:
-        found = await User.filter(id__in=user_ids, org_id=actor.org_id, active=True)
-        missing = set(user_ids) - {u.id for u in found}
+        found = await User.filter(id__in=user_ids, active=True, kind__in=("member", "bot"))
+        own = [u for u in found if u.org_id == actor.org_id]  # type: ignore[attr-defined]
+        others = [u for u in found if u.org_id != actor.org_id and u.kind == "member"]  # type: ignore[attr-defined]
+        known = await externals.known_to_org(actor.org_id, [u.id for u in others])
+        outsiders = [u for u in others if u.id in known]
+        missing = set(user_ids) - {u.id for u in own} - {u.id for u in outsiders}
         if missing:
-            # Users of other organisations are not revealed: same answer as unknown ids.
+            # Strangers of other organisations are not revealed: same answer as unknown ids.
             raise ApiError("not_found", "user not found", {"user_ids": sorted(missing)})
-        users.extend(found)
+        result.users.extend(own)
     if emails:
-        found = await User.filter(email__in=emails, org_id=actor.org_id, active=True)
-        missing = set(emails) - {u.email for u in found}
-        if missing:
-            raise ApiError(
-                "invalid",
-                "no member has this email; inviting people from other organisations "
-                "is not available on this server yet",
-                {"fields": {"to": "unknown email"}, "emails": sorted(missing)},
-            )
-        users.extend(found)
-    if any(u.kind == "patient" for u in users):
-        raise invalid("patients are addressed with patient_id", to="patient")
-    return users
+        found = {u.email: u for u in await User.filter(email__in=emails)}
+        strangers: list[User] = []
+        for email in dict.fromkeys(emails):
+            user = found.get(email)
+            if user is not None and user.org_id == actor.org_id:  # type: ignore[attr-defined]
+                if not user.active or user.kind != "member":
+                    raise invalid("this member is deactivated", to="deactivated member")
+                result.users.append(user)
+            elif user is not None and user.active and user.kind == "member":
+                strangers.append(user)
+            else:
+                result.new_emails.append(email)
+        known = await externals.known_to_org(actor.org_id, [u.id for u in strangers])
+        for user in strangers:
+            if user.id in known:
+                outsiders.append(user)
+            else:
+                # An account we have never talked to: invited like anyone new, so whether
+                # an address has an account is never revealed to the caller.
+                result.new_emails.append(user.email or "")
+    await externals.check_outside_allowed(actor, outsiders, result.new_emails)
+    result.users.extend(outsiders)
+    return result
+
+
+def participant_kind(user: User, org_id: str) -> str:
+    """How a user takes part in a conversation of `org_id`."""
+    if user.org_id != org_id:  # type: ignore[attr-defined]
+        return "external"
+    return user.kind
 
 
 async def create_conversation(
@@ -75,12 +98,14 @@ async def create_conversation(
         raise ApiError("forbidden", "only members of an organisation may start conversations")
     if not to:
         raise invalid("name at least one participant", to="empty")
-    others = await _resolve_targets(actor, to)
+    targets = await _resolve_targets(actor, to)
     people: dict[str, User] = {actor.id: actor.user}
-    for user in others:
+    for user in targets.users:
         people.setdefault(user.id, user)
     now = utcnow()
+    links: dict[str, str | None] = {}
     async with in_transaction():
+        org = await Org.get(id=actor.org_id)
         conversation = await Conversation.create(
             id=new_id("cv"),
             org_id=actor.org_id,
@@ -91,19 +116,26 @@ async def create_conversation(
             updated_at=now,
         )
         participants = [
-            Participant(
-                conversation=conversation, user_id=user.id, kind=user.kind, joined_at=now
-            )
+            Participant(conversation=conversation, user_id=user.id,
+                        kind=participant_kind(user, actor.org_id), joined_at=now)
             for user in people.values()
         ]
         await Participant.bulk_create(participants)
+        if targets.new_emails:
+            links = await externals.hold_invitations(
+                svc.settings.public_url, svc.settings.secret_key, actor, org, conversation.id,
+                targets.new_emails,
+            )
     views = [participant_view(p, people[p.user_id]) for p in participants]  # type: ignore[attr-defined]
+    invited = [{"email": e, "kind": "external", "invited": False} for e in targets.new_emails]
+    frame_view = conversation_view(conversation, views, 0, org_name=org.name, invitees=invited)
     for user in people.values():
-        svc.hub.publish(
-            user_topic(user.id),
-            {"type": "conversation", "conversation": conversation_view(conversation, views, 0)},
-        )
-    return conversation_view(conversation, views, 0)
+        svc.hub.publish(user_topic(user.id), {"type": "conversation", "conversation": frame_view})
+    if svc.settings.smtp_url:
+        return frame_view
+    # No mail server: the creator passes the links on (never in the frames to others).
+    mine = [{**i, "link": links.get(i["email"])} for i in invited]
+    return {**frame_view, "invitees": mine}
 
 
 async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[str, Any]]:
@@ -111,6 +143,10 @@ async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[s
         return []
     ids = [c.id for c in conversations]
     rows = await Participant.filter(conversation_id__in=ids).select_related("user")
+    pending = await externals.invitees(ids)
+    org_names = dict(await Org.filter(
+        id__in=list({c.org_id for c in conversations})  # type: ignore[attr-defined]
+    ).values_list("id", "name"))
     by_conversation: dict[str, list[Participant]] = {}
     for row in rows:
         by_conversation.setdefault(row.conversation_id, []).append(row)  # type: ignore[attr-defined]
@@ -118,9 +154,11 @@ async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[s
     for conversation in conversations:
         members = by_conversation.get(conversation.id, [])
         mine = next((p.read_seq for p in members if p.user_id == actor.id), 0)  # type: ignore[attr-defined]
-        views.append(
-            conversation_view(conversation, [participant_view(p, p.user) for p in members], mine)
-        )
+        views.append(conversation_view(
+            conversation, [participant_view(p, p.user) for p in members], mine,
+            org_name=org_names.get(conversation.org_id, ""),  # type: ignore[attr-defined]
+            invitees=pending.get(conversation.id, []),
+        ))
     return views
 
 

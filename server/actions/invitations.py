@@ -18,6 +18,8 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from channels import outbox
+from realtime.hub import user_topic
+from server.actions import conversations, externals, messages
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_admin, take_seat
 from server.actions.views import user_view
@@ -94,7 +96,7 @@ async def invite_member(
         invitation = await Invitation.create(
             id=new_id("in"), org=org, kind="member", email=email, name=name.strip(), role=role,
             token_hash=hash_secret(secret, svc.settings.secret_key), invited_by_id=actor.id,
-            created_at=now, expires_at=now + timedelta(days=INVITATION_DAYS),
+            created_at=now, mailed_at=now, expires_at=now + timedelta(days=INVITATION_DAYS),
         )
         mail = await outbox.enqueue(
             org_id=org.id, channel="email", purpose="invitation", to=email,
@@ -132,15 +134,21 @@ async def describe(svc: Services, token: str) -> dict[str, Any]:
     }
 
 
-async def accept(svc: Services, token: str, *, name: str | None, password: str) -> dict[str, Any]:
+async def accept(
+    svc: Services, token: str, *, name: str | None, password: str, org_name: str | None,
+    address: str,
+) -> dict[str, Any]:
+    """A member invitation makes the account; an external one makes the account and its
+    own organisation, or signs in the account the address already has."""
+    invitation = await _find(svc, token)
+    if invitation.kind == "external":
+        return await _accept_external(svc, invitation, name=name, password=password,
+                                      org_name=org_name, address=address)
     from server.actions.accounts import check_password, issue_session
 
     if not name or not name.strip():
         raise ApiError("invalid", "name is required", {"fields": {"name": "required"}})
-    check_password(password)  # the input first, then the lookup (PROTOCOL v1.1)
-    invitation = await _find(svc, token)
-    if invitation.kind != "member":
-        raise not_found("invitation")
+    check_password(password)
     password_hash = await hash_password(password)
     now = utcnow()
     try:
@@ -159,3 +167,56 @@ async def accept(svc: Services, token: str, *, name: str | None, password: str) 
                        {"fields": {"email": "taken"}}) from None
     secret, _ = await issue_session(svc, user)
     return {"token": secret, "user": user_view(user)}
+
+
+async def _accept_external(
+    svc: Services, invitation: Invitation, *, name: str | None, password: str,
+    org_name: str | None, address: str,
+) -> dict[str, Any]:
+    from server.actions.accounts import check_credentials, check_password, issue_session
+
+    now = utcnow()
+    account = await User.get_or_none(email=invitation.email)
+    new_org: Org | None = None
+    if account is not None:
+        # The address has an account: its password proves it is theirs (counted like a
+        # login); a deactivated account cannot come in this way either.
+        account = await check_credentials(svc, email=invitation.email, password=password,
+                                          address=address)
+        password_hash = None
+    else:
+        missing = {f: "required" for f, v in (("name", name), ("org_name", org_name))
+                   if not v or not v.strip()}
+        if missing:
+            raise ApiError("invalid", "name and org_name are required for a new account",
+                           {"fields": missing})
+        check_password(password)
+        password_hash = await hash_password(password)
+    try:
+        async with in_transaction():
+            taken = await pending(Invitation.filter(id=invitation.id)).update(accepted_at=now)
+            if not taken:
+                raise not_found("invitation")
+            if account is None:
+                assert name and org_name and password_hash
+                new_org = await Org.create(id=new_id("or"), name=org_name.strip(),
+                                           created_at=now)
+                account = await User.create(
+                    id=new_id("us"), org=new_org, kind="member", role="admin",
+                    name=name.strip(), email=invitation.email, password_hash=password_hash,
+                    created_at=now,
+                )
+            joined = await externals.take_pending(invitation, account)
+    except IntegrityError:
+        raise ApiError("conflict", "an account with this email exists",
+                       {"fields": {"email": "taken"}}) from None
+    for conversation_id, _ in joined:
+        await messages.append_event(svc, conversation_id, account, "participant_added",
+                                    target_id=account.id)
+    for conversation_id, _ in joined:
+        # Their sockets (a signed-in account may have some) join and hear of it.
+        view = await conversations.get_conversation(svc, Actor(account, ""), conversation_id)
+        svc.hub.publish(user_topic(account.id), {"type": "conversation", "conversation": view})
+    secret, _ = await issue_session(svc, account)
+    return {"token": secret, "user": user_view(account),
+            "conversation_ids": [cid for cid, _ in joined]}

@@ -33,6 +33,7 @@ from server.errors import ApiError, invalid, not_found
 from server.ids import new_id, utcnow
 from server.metrics import Metrics
 from storage import db, queries
+from storage.models import User
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext.messages")
@@ -262,3 +263,25 @@ async def send_message(
         raise invalid("client_id is 1 to 64 characters", client_id="1..64 characters")
     assert svc.batcher is not None
     return await svc.batcher.submit(actor, conversation_id, client_id, body)
+
+
+async def append_event(
+    svc: Services, conversation_id: str, sender: User, kind: str, *, target_id: str | None = None
+) -> dict[str, Any] | None:
+    """A timeline event that is not a message (`participant_added`, ...): stored by the
+    send path's statement (the sender must already be a participant), then published."""
+    now = utcnow()
+    row = {
+        "id": new_id("ev"), "conversation_id": conversation_id, "seq": 0, "kind": kind,
+        "sender_id": sender.id, "sender_name": sender.name, "sender_kind": None, "body": None,
+        "attachments": [], "client_id": None, "target_id": target_id, "recalled": False,
+        "created_at": now,
+    }
+    appended = await queries.append_messages(db.connection(), [row], now)
+    stored = appended.stored.get(row["id"])
+    if stored is None:
+        return None
+    row["seq"], row["sender_kind"] = stored
+    event = event_row_view(row)
+    svc.hub.publish(conversation_topic(conversation_id), {"type": "event", "event": event})
+    return event

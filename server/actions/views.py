@@ -46,13 +46,20 @@ def conversation_view(
     conversation: Conversation,
     participants: list[dict[str, Any]],
     read_seq: int,
+    *,
+    org_name: str,
+    invitees: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """`org_name` names the host organisation (for externals and the client's switch);
+    `invitees` are outside addresses invited but not joined yet."""
     return {
         "id": conversation.id,
         "org_id": conversation.org_id,  # type: ignore[attr-defined]
+        "org_name": org_name,
         "kind": conversation.kind,
         "subject": conversation.subject,
         "participants": participants,
+        "invitees": invitees,
         "phone_number_id": conversation.phone_number_id,
         "channel": conversation.channel,
         "last_seq": conversation.last_seq,

@@ -212,11 +212,13 @@ async def describe_invite(request: Request) -> Response:
 
 
 @route("POST", f"{API}/invites/{{token}}/accept", "Accept an invitation: the account and a "
-       "session", body=s.AcceptBody, response=s.Session, auth=False, errors=(401, 404, 409, 422))
+       "session", body=s.AcceptBody, response=s.AcceptResult, auth=False,
+       errors=(401, 404, 409, 422, 429))
 async def accept_invite(request: Request) -> Response:
     body = await parse(request, s.AcceptBody)
-    return JSON(await invitations.accept(services(request), invite_token(request),
-                                         name=body.name, password=body.password))
+    return JSON(await invitations.accept(
+        services(request), invite_token(request), name=body.name, password=body.password,
+        org_name=body.org_name, address=client_address(request)))
 
 
 @route("POST", f"{API}/teams", "Create a team (admin)", body=s.TeamBody, response=s.Team,
