@@ -1,4 +1,5 @@
-// The organisation panel for admins: plan and seats, members (invite, deactivate), teams.
+// The organisation panel for admins: plan and seats, members (invite, deactivate), open
+// invitations (how their mail fared; revoke, resend), teams.
 // One module per view: app.js only opens and closes it.
 
 import { el } from './dom.js';
@@ -84,6 +85,44 @@ export function createOrgPanel(api, ctx) {
       el('h3', { id: 'org-members-title' }, 'Members'), list, form, result);
   }
 
+  // What happened to each invitation's mail: a failed one is the admin's to fix.
+  const DELIVERY = {
+    held: 'waits for the first message',
+    pending: 'sending…',
+    sent: 'mail sent',
+    logged: 'no mail server: pass the link on',
+    failed: 'MAIL FAILED',
+    cancelled: 'not sent',
+  };
+
+  function renderInvitations(invitations) {
+    const list = el('ul', { class: 'org-list', 'data-testid': 'org-invitations' });
+    for (const inv of invitations) {
+      const failed = inv.delivery.status === 'failed';
+      const state = inv.expired ? 'expired' : DELIVERY[inv.delivery.status] || inv.delivery.status;
+      const row = el('li', { 'data-testid': 'org-invitation', class: failed ? 'failed' : '' },
+        el('span', {}, `${inv.email} · ${inv.kind === 'external' ? 'outside contact' : inv.role} · `),
+        el('span', { 'data-testid': 'invitation-status', title: inv.delivery.error || '' },
+          failed && inv.delivery.error ? `${state} (${inv.delivery.error})` : state));
+      if (inv.kind === 'member' && (failed || inv.expired)) {
+        row.append(' ', el('button', {
+          type: 'button', class: 'link', 'data-testid': 'invitation-resend',
+          onclick: () => act('Could not resend', () => api.request('POST', '/api/v1/members', {
+            body: { email: inv.email, name: inv.name || inv.email, role: inv.role },
+          })),
+        }, 'Resend'));
+      }
+      row.append(' ', el('button', {
+        type: 'button', class: 'link', 'data-testid': 'invitation-revoke',
+        onclick: () => act('Could not revoke', () => api.request('DELETE', `/api/v1/invitations/${inv.id}`)),
+      }, 'Revoke'));
+      list.append(row);
+    }
+    if (!invitations.length) list.append(el('li', { class: 'muted' }, 'No open invitations.'));
+    return el('section', { 'aria-labelledby': 'org-invitations-title' },
+      el('h3', { id: 'org-invitations-title' }, 'Invitations'), list);
+  }
+
   function renderTeams(teams, members) {
     const list = el('ul', { class: 'org-list', 'data-testid': 'org-teams' });
     const people = members.filter((u) => u.kind === 'member');
@@ -121,14 +160,16 @@ export function createOrgPanel(api, ctx) {
   }
 
   async function refresh() {
-    const [org, members, teams] = await Promise.all([
+    const [org, members, invitations, teams] = await Promise.all([
       api.request('GET', '/api/v1/org'),
       api.listAll('/api/v1/members'),
+      api.listAll('/api/v1/invitations'),
       api.request('GET', '/api/v1/teams'),
     ]);
     const note = $('invite-result-slot');
     const kept = note ? note.textContent : '';
-    $('org-body').replaceChildren(renderPlan(org), renderMembers(members), renderTeams(teams.items, members));
+    $('org-body').replaceChildren(renderPlan(org), renderMembers(members),
+      renderInvitations(invitations), renderTeams(teams.items, members));
     $('invite-result-slot').textContent = kept;
   }
 

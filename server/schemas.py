@@ -151,6 +151,29 @@ class Invitation(Struct):
                                           "(SMTP_URL unset): pass it on yourself")] = ""
 
 
+class InvitationDelivery(Struct):
+    status: Literal["held", "pending", "sent", "logged", "failed", "cancelled", "unknown"]
+    attempts: int
+    error: str | None
+
+
+class OpenInvitation(Struct):
+    id: str
+    kind: Literal["member", "external"]
+    email: str
+    name: str | None
+    role: Literal["admin", "member"]
+    created_at: Timestamp
+    expires_at: Timestamp
+    expired: bool
+    delivery: InvitationDelivery
+
+
+class InvitationList(Struct):
+    items: list[OpenInvitation]
+    next: str | None
+
+
 class InviteInfo(Struct):
     kind: Literal["member", "external"]
     email: str

@@ -56,6 +56,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
      (201, 403, 201, 201, 403, 401)),
     ("PATCH", "/api/v1/members/{target}", {"role": "member"}, (200, 403, 404, 404, 403, 401)),
     ("GET", "/api/v1/members", None, (200, 200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/invitations", None, (200, 403, 200, 200, 403, 401)),
+    ("DELETE", "/api/v1/invitations/{invitation}", None, (204, 403, 404, 404, 403, 401)),
     ("POST", "/api/v1/bots", {"name": "B"}, (201, 403, 201, 201, 403, 401)),
     ("POST", "/api/v1/conversations", lambda w: {"to": [{"user_id": w.ids["target"]}]},
      (201, 201, 404, 404, 201, 401)),
@@ -113,13 +115,17 @@ async def world(live_server: LiveServer) -> World:
         f"/api/v1/invites/{link.rsplit('/', 1)[1]}/accept",
         json={"name": "C external", "password": "correct-horse-4", "org_name": "C"})
     external_token = r.json()["token"]
+    r = await live_server.http.post("/api/v1/members", json={"email": fresh_email(), "name": "I"},
+                                    headers=admin.headers)
+    invitation = r.json()["id"]
     r = await live_server.http.post("/api/v1/teams", json={"name": "A team"},
                                     headers=admin.headers)
     return World(
         tokens={"admin": admin.token, "member": member.token, "other": other.token,
                 "external": external_token, "bot": bot_token, "anon": None},
         ids={"target": target.user["id"], "conversation": conversation,
-             "team": r.json()["id"], "invite": "bi_" + "x" * 43},
+             "team": r.json()["id"], "invite": "bi_" + "x" * 43,
+             "invitation": invitation},
     )
 
 

@@ -181,3 +181,46 @@ def test_access_log_never_shows_a_link_secret() -> None:
     )
     RedactSecretPaths().filter(record)
     assert "/api/v1/invites/<redacted>/accept" in record.getMessage()
+
+
+async def test_admin_sees_a_failed_invitation_and_revokes_one(
+    live_server: LiveServer, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, _ = mailbox
+    admin = await live_server.signup()
+    tag = admin.user["id"][-6:].lower()
+    box.fail, box.code = 1, "550 5.1.1 mailbox unavailable"
+    try:
+        bounced = await invite(live_server, admin, f"bounce-{tag}@partner.test")
+        for _ in range(100):
+            r = await live_server.http.get("/api/v1/invitations", headers=admin.headers)
+            listed = {i["id"]: i for i in r.json()["items"]}
+            if listed[bounced["id"]]["delivery"]["status"] == "failed":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        box.fail, box.code = 0, Mailbox.code
+    delivery = listed[bounced["id"]]["delivery"]
+    assert delivery["status"] == "failed" and "550" in delivery["error"]
+    assert listed[bounced["id"]]["expired"] is False
+
+    other = await invite(live_server, admin, f"other-{tag}@partner.test")
+    (mail,) = await mail_to(box, f"other-{tag}@partner.test")
+    _, token = link_in(mail)
+    seats = (await live_server.http.get("/api/v1/org", headers=admin.headers)).json()["seats"]
+    r = await live_server.http.delete(f"/api/v1/invitations/{other['id']}",
+                                      headers=admin.headers)
+    assert r.status_code == 204
+    assert (await live_server.http.get(f"/api/v1/invites/{token}")).status_code == 404
+    after = (await live_server.http.get("/api/v1/org", headers=admin.headers)).json()["seats"]
+    assert after["used"] == seats["used"] - 1
+    r = await live_server.http.delete(f"/api/v1/invitations/{other['id']}",
+                                      headers=admin.headers)
+    assert r.status_code == 404
+    stranger = await live_server.signup()
+    r = await live_server.http.delete(f"/api/v1/invitations/{bounced['id']}",
+                                      headers=stranger.headers)
+    assert r.status_code == 404
+    member = await live_server.add_member(admin)
+    r = await live_server.http.get("/api/v1/invitations", headers=member.headers)
+    assert r.status_code == 403

@@ -234,3 +234,10 @@ async def take_pending(invitation: Invitation, user: User) -> list[tuple[str, st
         await OutboxMessage.filter(id=invitation.outbox_id, status="held").update(
             status="cancelled", payload=None)
     return [(cid, kind) for cid in joined]
+
+
+async def drop_pending(invitation: Invitation) -> None:
+    """A revoked external invitation: its address leaves the host's conversations."""
+    await PendingParticipant.filter(
+        email=invitation.email, conversation__org_id=invitation.org_id  # type: ignore[attr-defined]
+    ).delete()

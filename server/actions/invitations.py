@@ -26,7 +26,7 @@ from server.actions.views import user_view
 from server.auth import hash_password, hash_secret, new_secret
 from server.errors import ApiError, not_found
 from server.ids import iso, new_id, utcnow
-from storage.models import Invitation, Org, User
+from storage.models import Invitation, Org, OutboxMessage, User
 
 INVITATION_DAYS = 7
 TOKEN_RE = re.compile(r"^bi_[A-Za-z0-9_-]{20,80}$")
@@ -109,6 +109,59 @@ async def invite_member(
         svc.outbox.notify()
     # Without SMTP nothing reaches the person: the admin gets the link to pass on.
     return invitation_view(invitation, None if svc.settings.smtp_url else link)
+
+
+# What the admin sees of an invitation's mail: the outbox row's status, or `held` for an
+# external invitation waiting for its conversation's first message.
+def delivery_of(invitation: Invitation, mail: OutboxMessage | None) -> dict[str, Any]:
+    if mail is None:
+        return {"status": "unknown", "attempts": 0, "error": None}
+    return {"status": mail.status, "attempts": mail.attempts, "error": mail.last_error}
+
+
+async def list_invitations(
+    svc: Services, actor: Actor, *, after: tuple[str, str] | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """The organisation's invitations not yet accepted or revoked, newest first, with how
+    their mail fared: a mail that failed after its retries shows here as `failed`."""
+    require_admin(actor)
+    query = Invitation.filter(org_id=actor.org_id, accepted_at__isnull=True,
+                              revoked_at__isnull=True)
+    if after is not None:
+        query = query.filter(id__lt=after[1])
+    rows = await query.order_by("-id").limit(limit + 1)
+    page = rows[:limit]
+    mails = {m.id: m for m in await OutboxMessage.filter(
+        id__in=[i.outbox_id for i in page if i.outbox_id])}
+    now = utcnow()
+    items = []
+    for invitation in page:
+        view = invitation_view(invitation)
+        view["expired"] = invitation.mailed_at is not None and invitation.expires_at <= now
+        view["delivery"] = delivery_of(invitation, mails.get(invitation.outbox_id or ""))
+        items.append(view)
+    next_key = ("id", page[-1].id) if len(rows) > limit else None
+    return items, next_key
+
+
+async def revoke(svc: Services, actor: Actor, invitation_id: str) -> None:
+    """The link stops working, a member invitation's seat is free again, and an external
+    one's pending addresses leave their conversations. 404 once used or elsewhere."""
+    require_admin(actor)
+    now = utcnow()
+    async with in_transaction():
+        invitation = await Invitation.filter(
+            id=invitation_id, org_id=actor.org_id, accepted_at__isnull=True,
+            revoked_at__isnull=True).select_for_update().first()
+        if invitation is None:
+            raise not_found("invitation")
+        invitation.revoked_at = now
+        await invitation.save(update_fields=["revoked_at"])
+        if invitation.outbox_id:
+            await OutboxMessage.filter(id=invitation.outbox_id, status__in=("held", "pending")
+                                       ).update(status="cancelled", payload=None)
+        if invitation.kind == "external":
+            await externals.drop_pending(invitation)
 
 
 async def _find(svc: Services, token: str) -> Invitation:

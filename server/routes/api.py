@@ -121,6 +121,28 @@ async def list_members(request: Request) -> Response:
     return JSON({"items": items, "next": encode_cursor(next_key)})
 
 
+@route("GET", f"{API}/invitations", "The organisation's open invitations and how their "
+       "mail fared (admin)", response=s.InvitationList, query=("cursor", "limit"),
+       errors=(401, 403))
+async def list_invitations(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)
+    items, next_key = await invitations.list_invitations(
+        services(request), actor, after=decode_cursor(request),
+        limit=int_param(request, "limit", 100, 1, 500),
+    )
+    return JSON({"items": items, "next": encode_cursor(next_key)})
+
+
+@route("DELETE", f"{API}/invitations/{{invitation_id}}", "Revoke an invitation (admin): "
+       "its link stops working", status=204, errors=(401, 403, 404))
+async def revoke_invitation(request: Request) -> Response:
+    actor = await actor_of(request)
+    orgs.require_admin(actor)
+    await invitations.revoke(services(request), actor, path_id(request, "invitation_id"))
+    return Response(status_code=204)
+
+
 @route("POST", f"{API}/bots", "Create a bot and its key (admin)", body=s.BotBody,
        response=s.BotResult, status=201, errors=(401, 403, 422))
 async def create_bot(request: Request) -> Response:
