@@ -93,10 +93,14 @@ export function createApi(getToken, onUnauthenticated) {
     markRead: (id, seq) =>
       request('POST', `/api/v1/conversations/${encodeURIComponent(id)}/read`, { body: { seq } }),
     members: () => listAll('/api/v1/members'),
-    createConversation: (userId, subject) =>
-      request('POST', '/api/v1/conversations', {
-        body: subject ? { to: [{ user_id: userId }], subject } : { to: [{ user_id: userId }] },
-      }),
+    // `to`: targets such as {user_id} or {email} (a member, a known external, or an outside
+    // address invited when the first message is sent).
+    createConversation: (to, subject) =>
+      request('POST', '/api/v1/conversations', { body: subject ? { to, subject } : { to } }),
+    invite: (token) =>
+      request('GET', `/api/v1/invites/${encodeURIComponent(token)}`, { auth: false }),
+    acceptInvite: (token, body) =>
+      request('POST', `/api/v1/invites/${encodeURIComponent(token)}/accept`, { auth: false, body }),
     async fileBlob(fileId) {
       const token = getToken();
       let res;

@@ -3,6 +3,20 @@
 
 import { ApiError, createApi, TOKEN_KEY } from './api.js';
 import { el } from './dom.js';
+import {
+  EXTERNAL_NOTICE,
+  hasOutsiders,
+  inboxMarks,
+  invitationsPending,
+  inviteeLabel,
+  invitees,
+  inviteLinkNodes,
+  markNode,
+  organisations,
+  outsideMark,
+  peopleNodes,
+} from './externals.js';
+import { createNewConversation } from './new-conversation.js';
 import { createOrgPanel } from './org.js';
 import { Realtime, websocketUrl } from './realtime.js';
 
@@ -21,6 +35,8 @@ const state = {
   session: 0, // bumped at every login/logout: late async results of an old session are dropped
   me: null,
   org: null,
+  policies: null, // the own organisation's policies (from /me and `ready`)
+  orgFilter: '', // inbox: '' for every organisation, else an org id
   convs: new Map(), // id -> conversation record (see newRecord)
   eventConv: new Map(), // event id -> conversation id
   activeId: null,
@@ -80,6 +96,8 @@ function newRecord(conv) {
     draft: '',
     readSent: 0,
     touched: 0, // inbox order: server order first, then live activity
+    inviteLinks: new Map(), // email -> link, from our own create answer when no mail is sent
+    inviteeWatch: null, // timer: re-reads the conversation until its invitations have gone
   };
 }
 
@@ -155,8 +173,14 @@ function conversationTitle(rec) {
   if (rec.data.subject) return rec.data.subject;
   const others = participantsOf(rec)
     .filter((p) => !state.me || p.id !== state.me.id)
-    .map((p) => p.name || 'Unknown');
+    .map((p) => p.name || 'Unknown')
+    .concat(invitees(rec.data).map((i) => i.email));
   return others.length ? joinNames(others) : 'Conversation';
+}
+
+// Who "outside" is relative to: the viewer and their own organisation.
+function viewer() {
+  return { meId: state.me ? state.me.id : null, myOrgId: state.org ? state.org.id : null };
 }
 
 function sortedEvents(rec) {
@@ -248,6 +272,10 @@ function applyEvent(ev, { history = false } = {}) {
   if (mine && (rec.data.read_seq || 0) >= ev.seq - 1) rec.data.read_seq = ev.seq;
 
   if (ev.sender && ev.sender.id) clearTyping(rec.id, ev.sender.id);
+  if (!history && (ev.kind === 'participant_added' || ev.kind === 'participant_removed')) {
+    fetchConversation(rec.id, { fresh: true }); // the participants changed
+  }
+  if (!history && ev.kind === 'message' && invitationsPending(rec.data)) watchInvitees(rec);
   if (!history) touch(rec);
   if (!history && ev.seq > rec.held + 1) requestSync([rec.id]);
   scheduleRender();
@@ -261,8 +289,12 @@ function removeFromOutbox(clientId) {
 }
 
 const fetching = new Map();
-function fetchConversation(id) {
-  if (fetching.has(id)) return fetching.get(id);
+/** GET of one conversation (shared while in flight; `fresh` waits for it, then asks again). */
+function fetchConversation(id, { fresh = false } = {}) {
+  if (fetching.has(id)) {
+    const running = fetching.get(id);
+    return fresh ? running.then(() => fetchConversation(id)) : running;
+  }
   const session = state.session;
   const p = api
     .conversation(id)
@@ -276,6 +308,24 @@ function fetchConversation(id) {
     .finally(() => fetching.delete(id));
   fetching.set(id, p);
   return p;
+}
+
+// The invitation mail of an outside address goes out shortly after the first message:
+// re-read the conversation a few times so its invitees show "(invited)".
+function watchInvitees(rec) {
+  if (rec.inviteeWatch) return;
+  const session = state.session;
+  let tries = 0;
+  const tick = async () => {
+    rec.inviteeWatch = 'reading'; // no second watch starts meanwhile
+    tries += 1;
+    const fresh = session === state.session ? await fetchConversation(rec.id, { fresh: true }) : null;
+    rec.inviteeWatch = null;
+    if (fresh && invitationsPending(fresh.data) && tries < 5 && session === state.session) {
+      rec.inviteeWatch = setTimeout(tick, 3000 * tries);
+    }
+  };
+  rec.inviteeWatch = setTimeout(tick, 3000);
 }
 
 async function loadHistory(rec) {
@@ -382,6 +432,7 @@ async function onReady(frame) {
   const session = state.session;
   if (frame.user) state.me = frame.user;
   if (frame.org) state.org = frame.org;
+  if (frame.policies) state.policies = frame.policies;
   const toSync = [];
   const unknown = [];
   for (const info of frame.conversations || []) {
@@ -646,8 +697,32 @@ function scheduleRender() {
 function render() {
   if (!state.token) return;
   renderHeader();
+  renderOrgSwitch();
   renderInbox();
   renderConversation();
+}
+
+function renderOrgSwitch() {
+  const box = $('org-switch-box');
+  const select = $('org-switch');
+  const orgs = organisations(Array.from(state.convs.values(), (r) => r.data), state.org);
+  const others = orgs.filter((o) => !o.own);
+  if (state.orgFilter && !orgs.some((o) => o.id === state.orgFilter)) state.orgFilter = '';
+  show(box, others.length > 0);
+  if (!others.length) {
+    state.orgFilter = '';
+    if (select.options.length) select.replaceChildren();
+    return;
+  }
+  const choices = [{ id: '', name: 'All organisations' }, ...orgs];
+  const sig = JSON.stringify(choices.map((o) => [o.id, o.name]));
+  if (select.dataset.sig !== sig) {
+    select.replaceChildren(
+      ...choices.map((o) => el('option', { value: o.id }, o.own ? `${o.name} (yours)` : o.name)),
+    );
+    select.dataset.sig = sig;
+  }
+  select.value = state.orgFilter;
 }
 
 function renderHeader() {
@@ -678,12 +753,16 @@ function renderInbox() {
     document.activeElement && list.contains(document.activeElement)
       ? document.activeElement.dataset.conversationId
       : null;
-  const recs = Array.from(state.convs.values()).sort((a, b) => b.touched - a.touched);
+  const who = viewer();
+  const recs = Array.from(state.convs.values())
+    .filter((rec) => !state.orgFilter || rec.data.org_id === state.orgFilter)
+    .sort((a, b) => b.touched - a.touched);
   const items = recs.map((rec) => {
     const unread = rec.id === state.activeId && document.visibilityState === 'visible' && rec.loaded
       ? 0
       : unreadCount(rec);
     const last = rec.lastMessage;
+    const hasMessages = Boolean(last) || (rec.data.last_seq || 0) > 0;
     let preview = '';
     if (last) {
       const who = last.sender ? nameOf(rec, last.sender.id) : '';
@@ -692,7 +771,11 @@ function renderInbox() {
     }
     const others = participantsOf(rec)
       .filter((p) => !state.me || p.id !== state.me.id)
-      .map((p) => p.name);
+      .map((p) => {
+        const mark = outsideMark(rec.data, p, who);
+        return mark && mark.kind === 'external' ? `${p.name} (external)` : p.name;
+      })
+      .concat(invitees(rec.data).map((i) => inviteeLabel(i, hasMessages)));
     const button = el(
       'button',
       {
@@ -707,6 +790,7 @@ function renderInbox() {
         'span',
         { class: 'conv-line' },
         el('span', { class: 'conv-title', 'data-testid': 'conversation-subject' }, conversationTitle(rec)),
+        ...inboxMarks(rec.data, who),
         unread
           ? el(
               'span',
@@ -725,6 +809,7 @@ function renderInbox() {
     return el('li', {}, button);
   });
   list.replaceChildren(...items);
+  setText($('inbox-empty'), state.orgFilter ? 'No conversations here.' : 'No conversations yet.');
   show($('inbox-empty'), recs.length === 0);
   if (focusedId) {
     const again = list.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`);
@@ -740,10 +825,17 @@ function renderConversation() {
   if (!rec) return;
 
   setText($('conv-title'), conversationTitle(rec));
-  const people = participantsOf(rec).map((p) =>
-    state.me && p.id === state.me.id ? `${p.name || 'You'} (you)` : p.name || 'Unknown',
-  );
-  setText($('conv-participants'), people.join(', '));
+  const who = viewer();
+  const hasMessages = Boolean(rec.lastMessage) || (rec.data.last_seq || 0) > 0;
+  $('conv-participants').replaceChildren(...peopleNodes(rec.data, { ...who, hasMessages }));
+  show($('external-notice'), hasOutsiders(rec.data, who));
+  const links = inviteLinkNodes(rec.data, rec.inviteLinks);
+  const linkBox = $('invite-links');
+  if (linkBox.dataset.conversationId !== rec.id || linkBox.childElementCount !== links.length) {
+    linkBox.replaceChildren(...links); // rebuilt only when it changes: a selection survives
+    linkBox.dataset.conversationId = rec.id;
+  }
+  show(linkBox, links.length > 0);
   show($('conv-loading'), rec.loading && !rec.loaded);
 
   const list = $('messages');
@@ -765,7 +857,7 @@ function renderConversation() {
     entries.push({
       key: `e:${ev.id}`,
       sig: JSON.stringify([ev.seq, ev.recalled, ev.body, ev.attachments, ev.deliveries, seen,
-        ev.sender && ev.sender.name, state.me && state.me.id]),
+        ev.sender && ev.sender.name, state.me && state.me.id, rec.data.org_name]),
       build: () => renderEvent(rec, ev, seen),
     });
   }
@@ -854,6 +946,7 @@ function renderEvent(rec, ev, seenNames) {
       'div',
       { class: 'meta' },
       el('span', { class: 'sender' }, mine ? 'You' : senderName),
+      mine ? null : markNode(outsideMark(rec.data, ev.sender, viewer())),
       el('time', { datetime: ev.created_at || '', title: ev.created_at || '' }, formatTime(ev.created_at)),
     ),
   ];
@@ -913,6 +1006,8 @@ function systemText(rec, ev, senderName) {
     case 'recall':
       return `${senderName} recalled a message`;
     case 'participant_added':
+      // Someone who accepted an invitation joins by themselves.
+      if (ev.sender && ev.target_id && ev.sender.id === ev.target_id) return `${senderName} joined`;
       return `${senderName} added ${whom}`;
     case 'participant_removed':
       return `${senderName} removed ${whom}`;
@@ -1075,6 +1170,7 @@ async function startSession() {
       if (session !== state.session) return;
       state.me = me.user;
       state.org = me.org;
+      state.policies = me.policies || null;
     }
     const convs = await api.conversations();
     if (session !== state.session) return;
@@ -1099,6 +1195,9 @@ function resetState() {
   state.session += 1;
   state.me = null;
   state.org = null;
+  state.policies = null;
+  state.orgFilter = '';
+  for (const rec of state.convs.values()) clearTimeout(rec.inviteeWatch);
   state.convs.clear();
   state.eventConv.clear();
   state.activeId = null;
@@ -1114,7 +1213,7 @@ function resetState() {
   delete $('messages').dataset.conversationId;
   $('conversation-list').replaceChildren();
   $('composer').value = '';
-  closeNewConversation();
+  newConversation.close();
 }
 
 function handleUnauthenticated() {
@@ -1182,74 +1281,25 @@ async function onLoginSubmit(event) {
 }
 
 // ---------------------------------------------------------------------------
-// New conversation
+// New conversation (new-conversation.js)
 
-async function openNewConversation() {
-  const form = $('new-conv-form');
-  const select = $('new-conv-member');
-  const errNode = $('new-conv-error');
-  show(form, true);
-  show(errNode, false);
-  $('new-conv-toggle').setAttribute('aria-expanded', 'true');
-  select.replaceChildren(el('option', { value: '' }, 'Loading members…'));
-  select.disabled = true;
-  const session = state.session;
-  try {
-    const members = await api.members();
-    if (session !== state.session) return;
+const newConversation = createNewConversation(api, {
+  me: () => state.me,
+  policies: () => state.policies,
+  session: () => state.session,
+  setMembers: (members) => {
     state.members = members;
     state.membersLoaded = true;
-    const choices = members
-      .filter((m) => !state.me || m.id !== state.me.id)
-      .filter((m) => !m.kind || m.kind === 'member')
-      .sort((a, b) => String(a.name || '').localeCompare(String(b.name || '')));
-    select.replaceChildren(
-      el('option', { value: '' }, choices.length ? 'Choose a member…' : 'No other members yet'),
-      ...choices.map((m) =>
-        el('option', { value: m.id }, m.email ? `${m.name || m.email} <${m.email}>` : m.name || m.id),
-      ),
-    );
-    select.disabled = false;
-    select.focus();
-  } catch (err) {
-    select.replaceChildren(el('option', { value: '' }, 'Members unavailable'));
-    setText(errNode, err.status === 403 ? 'Only members of the organisation can do this.' : err.message);
-    show(errNode, true);
-  }
-}
-
-function closeNewConversation() {
-  show($('new-conv-form'), false);
-  $('new-conv-toggle').setAttribute('aria-expanded', 'false');
-  $('new-conv-subject').value = '';
-  show($('new-conv-error'), false);
-}
-
-async function onNewConversationSubmit(event) {
-  event.preventDefault();
-  const userId = $('new-conv-member').value;
-  const subject = $('new-conv-subject').value.trim();
-  const errNode = $('new-conv-error');
-  if (!userId) {
-    setText(errNode, 'Choose who to write to.');
-    show(errNode, true);
-    return;
-  }
-  const button = event.submitter || $('new-conv-form').querySelector('[type=submit]');
-  button.disabled = true;
-  try {
-    const conv = await api.createConversation(userId, subject);
+  },
+  onCreated: async (conv) => {
     const rec = upsertConversation(conv);
-    if (rec && rec.events.size === 0) rec.held = rec.data.last_seq || 0;
-    closeNewConversation();
+    if (!rec) return;
+    if (rec.events.size === 0) rec.held = rec.data.last_seq || 0;
+    // No mail server: the answer (and only it) carries each invitee's link to pass on.
+    for (const inv of invitees(conv)) if (inv.link) rec.inviteLinks.set(inv.email, inv.link);
     await openConversation(conv.id);
-  } catch (err) {
-    setText(errNode, err.message || 'Could not start the conversation.');
-    show(errNode, true);
-  } finally {
-    button.disabled = false;
-  }
-}
+  },
+});
 
 // ---------------------------------------------------------------------------
 // Wiring
@@ -1275,12 +1325,11 @@ function init() {
   $('logout').addEventListener('click', logout);
   $('org-open').addEventListener('click', () => orgPanel.open());
   $('org-close').addEventListener('click', () => orgPanel.close());
-  $('new-conv-toggle').addEventListener('click', () => {
-    if ($('new-conv-form').hidden) openNewConversation();
-    else closeNewConversation();
+  setText($('external-notice'), EXTERNAL_NOTICE);
+  $('org-switch').addEventListener('change', (e) => {
+    state.orgFilter = e.target.value;
+    renderInbox();
   });
-  $('new-conv-cancel').addEventListener('click', closeNewConversation);
-  $('new-conv-form').addEventListener('submit', onNewConversationSubmit);
   $('composer-form').addEventListener('submit', onComposerSubmit);
   $('conv-back').addEventListener('click', closeConversation);
   const composer = $('composer');

@@ -1,4 +1,7 @@
 // The page behind an invitation link (/join/<token>): set a name and password, then in.
+// A member invitation joins the inviting organisation. An external invitation (someone
+// outside it, asked into a conversation) either creates the person's account and their
+// own organisation, or, when they already have an account, asks for its password.
 import { createApi, TOKEN_KEY } from './api.js';
 
 const api = createApi(() => null, () => {});
@@ -10,35 +13,70 @@ function showGone() {
   $('join-form').hidden = true;
 }
 
+function showError(message) {
+  $('join-error').textContent = message;
+  $('join-error').hidden = false;
+}
+
+/** Fields for an external invitation: a new account with its organisation, or sign-in. */
+function setUpExternal(invite) {
+  $('join-intro').textContent = `${invite.org_name} invited you to a secure conversation.`;
+  if (invite.account_exists) {
+    $('join-account').hidden = false;
+    $('join-name-field').hidden = true;
+    $('join-name').required = false;
+    $('join-password-label').textContent = 'Your BloomText password';
+    $('join-password').autocomplete = 'current-password';
+    $('join-password').removeAttribute('minlength');
+    $('join-form').querySelector('[type=submit]').textContent = 'Sign in and join';
+  } else {
+    $('join-org-field').hidden = false;
+    $('join-org').required = true;
+  }
+}
+
+function acceptBody(invite) {
+  const password = $('join-password').value;
+  if (invite.kind !== 'external') return { name: $('join-name').value, password };
+  if (invite.account_exists) return { password };
+  return { name: $('join-name').value, password, org_name: $('join-org').value.trim() };
+}
+
 async function start() {
   let invite;
   try {
-    invite = await api.request('GET', `/api/v1/invites/${encodeURIComponent(token)}`, { auth: false });
+    invite = await api.invite(token);
   } catch {
     showGone();
     return;
   }
-  $('join-intro').textContent = `You are invited to ${invite.org_name}.`;
+  if (invite.kind === 'external') setUpExternal(invite);
+  else $('join-intro').textContent = `You are invited to ${invite.org_name}.`;
   $('join-email').value = invite.email;
   $('join-name').value = invite.name || '';
   $('join-form').hidden = false;
+  const submit = $('join-form').querySelector('[type=submit]');
   $('join-form').addEventListener('submit', async (event) => {
     event.preventDefault();
     $('join-error').hidden = true;
+    submit.disabled = true;
     try {
-      const session = await api.request('POST', `/api/v1/invites/${encodeURIComponent(token)}/accept`, {
-        auth: false,
-        body: { name: $('join-name').value, password: $('join-password').value },
-      });
+      const session = await api.acceptInvite(token, acceptBody(invite));
       sessionStorage.setItem(TOKEN_KEY, session.token);
-      location.replace('/');
+      const ids = Array.isArray(session.conversation_ids) ? session.conversation_ids : [];
+      // app.js opens the conversation named by `#c=<id>`.
+      location.replace(ids.length ? `/#c=${encodeURIComponent(ids[0])}` : '/');
     } catch (err) {
+      submit.disabled = false;
       if (err.status === 404) {
         showGone();
         return;
       }
-      $('join-error').textContent = err.message || 'Something went wrong; try again.';
-      $('join-error').hidden = false;
+      if (err.status === 401 && invite.account_exists) {
+        showError('Wrong password for this account.');
+        return;
+      }
+      showError(err.message || 'Something went wrong; try again.');
     }
   });
 }
