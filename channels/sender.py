@@ -20,6 +20,10 @@ class Outbound:
     subject: str = ""
     text: str = ""
     html: str | None = None
+    # SMS only: the clinic's number it goes out from, and where the provider should post
+    # delivery status (a URL of ours). Email ignores both.
+    from_number: str | None = None
+    status_callback: str | None = None
 
 
 @dataclass(frozen=True)

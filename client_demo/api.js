@@ -19,9 +19,11 @@ const MAX_PAGES = 50;
  * @param {() => void} onUnauthenticated called when an authenticated request answers 401
  */
 export function createApi(getToken, onUnauthenticated) {
+  // A FormData body goes as multipart (the browser sets its Content-Type); others as JSON.
   async function request(method, path, { body, auth = true, query } = {}) {
     const headers = { Accept: 'application/json' };
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const form = typeof FormData !== 'undefined' && body instanceof FormData;
+    if (body !== undefined && !form) headers['Content-Type'] = 'application/json';
     const token = auth ? getToken() : null;
     if (token) headers.Authorization = `Bearer ${token}`;
     let url = path;
@@ -38,7 +40,7 @@ export function createApi(getToken, onUnauthenticated) {
       res = await fetch(url, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: body === undefined || form ? body : JSON.stringify(body),
         credentials: 'same-origin',
         cache: 'no-store',
       });
@@ -94,9 +96,12 @@ export function createApi(getToken, onUnauthenticated) {
       request('POST', `/api/v1/conversations/${encodeURIComponent(id)}/read`, { body: { seq } }),
     members: () => listAll('/api/v1/members'),
     // `to`: targets such as {user_id} or {email} (a member, a known external, or an outside
-    // address invited when the first message is sent).
-    createConversation: (to, subject) =>
-      request('POST', '/api/v1/conversations', { body: subject ? { to, subject } : { to } }),
+    // address invited when the first message is sent), {patient_id} or {patient: {...}};
+    // `extra`: {phone_number_id, channel} for a patient conversation.
+    createConversation: (to, subject, extra = {}) =>
+      request('POST', '/api/v1/conversations', {
+        body: { to, ...(subject ? { subject } : {}), ...extra },
+      }),
     invite: (token) =>
       request('GET', `/api/v1/invites/${encodeURIComponent(token)}`, { auth: false }),
     acceptInvite: (token, body) =>

@@ -16,8 +16,12 @@ import {
   outsideMark,
   peopleNodes,
 } from './externals.js';
+import { createDirectory } from './directory.js';
+import { createImportDialog } from './import.js';
 import { createNewConversation } from './new-conversation.js';
+import { createNumbersPanel } from './numbers.js';
 import { createOrgPanel } from './org.js';
+import { CHANNELS, loadNumbers, numberLabel, SMS_WARNING } from './patient-conv.js';
 import { Realtime, websocketUrl } from './realtime.js';
 
 const TYPING_SEND_EVERY_MS = 3000;
@@ -37,6 +41,10 @@ const state = {
   org: null,
   policies: null, // the own organisation's policies (from /me and `ready`)
   orgFilter: '', // inbox: '' for every organisation, else an org id
+  // Inbox by team and number: '' (all), 'kind:internal', 'team:<id>' or 'number:<id>'.
+  inboxFilter: '',
+  inboxIds: null, // ids GET /conversations answered for the filter (null: not asked yet)
+  numbers: [], // the phone numbers the caller sees, with team_name (patient-conv.js)
   convs: new Map(), // id -> conversation record (see newRecord)
   eventConv: new Map(), // event id -> conversation id
   activeId: null,
@@ -487,12 +495,42 @@ function onFrame(frame) {
     case 'delivery':
       onDelivery(frame);
       break;
+    case 'job':
+      importDialog.onJob(frame.job);
+      break;
+    case 'conversation_removed':
+      removeConversations(frame.conversation_ids);
+      break;
     case 'error':
       onError(frame);
       break;
     default:
       break; // unknown frame types are ignored (forward compatible)
   }
+}
+
+// The user lost access (e.g. left the team of the conversation's number): the
+// conversations leave the inbox, and the one open closes.
+function removeConversations(ids) {
+  if (!Array.isArray(ids) || !ids.length) return;
+  let closedOpen = false;
+  for (const id of ids) {
+    const rec = state.convs.get(id);
+    if (!rec) continue;
+    clearTimeout(rec.inviteeWatch);
+    for (const evId of rec.events.keys()) state.eventConv.delete(evId);
+    state.convs.delete(id);
+    state.typing.delete(id);
+    state.outbox = state.outbox.filter((item) => item.conversation_id !== id);
+    if (state.inboxIds) state.inboxIds.delete(id);
+    if (state.activeId === id) closedOpen = true;
+  }
+  if (closedOpen) {
+    closeConversation();
+    toast('You no longer have access to that conversation.');
+  }
+  loadInboxNumbers(); // a team change may also change the numbers the user sees
+  scheduleRender();
 }
 
 function onAck(frame) {
@@ -698,6 +736,7 @@ function render() {
   if (!state.token) return;
   renderHeader();
   renderOrgSwitch();
+  renderInboxSwitch();
   renderInbox();
   renderConversation();
 }
@@ -725,13 +764,147 @@ function renderOrgSwitch() {
   select.value = state.orgFilter;
 }
 
+// ---------------------------------------------------------------------------
+// Inbox by team and number
+
+// The teams that own numbers, then each number; hidden without numbers (or without the plan).
+function inboxChoices() {
+  const teams = new Map();
+  for (const n of state.numbers) if (n.team_id) teams.set(n.team_id, n.team_name || 'Team');
+  return [
+    { value: '', label: 'All conversations' },
+    { value: 'kind:internal', label: 'Internal' },
+    ...Array.from(teams, ([id, name]) => ({ value: `team:${id}`, label: `Team: ${name}` }))
+      .sort((a, b) => a.label.localeCompare(b.label)),
+    ...state.numbers.map((n) => ({ value: `number:${n.id}`, label: numberLabel(n) })),
+  ];
+}
+
+function renderInboxSwitch() {
+  const box = $('inbox-switch-box');
+  const select = $('inbox-switch');
+  const has = state.numbers.length > 0;
+  show(box, has);
+  if (!has) {
+    if (select.options.length) select.replaceChildren();
+    delete select.dataset.sig;
+    return;
+  }
+  const choices = inboxChoices();
+  const sig = JSON.stringify(choices);
+  if (select.dataset.sig !== sig) {
+    select.replaceChildren(...choices.map((c) => el('option', { value: c.value }, c.label)));
+    select.dataset.sig = sig;
+  }
+  select.value = state.inboxFilter;
+}
+
+function inboxQuery(filter) {
+  const [kind, id] = filter.split(':');
+  if (kind === 'kind') return { kind: id };
+  if (kind === 'team') return { team_id: id };
+  if (kind === 'number') return { phone_number_id: id };
+  return {};
+}
+
+/** Whether a conversation belongs in the inbox as filtered (live ones included). */
+function inboxMatches(rec) {
+  if (!state.inboxFilter) return true;
+  if (state.inboxIds && state.inboxIds.has(rec.id)) return true;
+  const [kind, id] = state.inboxFilter.split(':');
+  const d = rec.data;
+  if (kind === 'kind') return (d.kind || 'internal') === id;
+  if (kind === 'number') return d.phone_number_id === id;
+  if (kind === 'team') {
+    return state.numbers.some((n) => n.team_id === id && n.id === d.phone_number_id);
+  }
+  return true;
+}
+
+async function setInboxFilter(filter) {
+  const session = state.session;
+  state.inboxFilter = filter;
+  state.inboxIds = null;
+  renderInbox();
+  if (!filter) return;
+  try {
+    const convs = await api.listAll('/api/v1/conversations', inboxQuery(filter));
+    if (session !== state.session || state.inboxFilter !== filter) return;
+    for (const conv of convs) upsertConversation(conv, { fresh: false });
+    state.inboxIds = new Set(convs.map((c) => c.id));
+  } catch (err) {
+    if (session !== state.session) return;
+    if (err.status === 402) {
+      state.numbers = [];
+      state.inboxFilter = '';
+    } else {
+      toast(`Could not filter the inbox: ${err.message}`);
+    }
+  }
+  scheduleRender();
+}
+
+async function loadInboxNumbers() {
+  const session = state.session;
+  if (!state.me || (state.me.kind && state.me.kind !== 'member')) return;
+  const { numbers } = await loadNumbers(api); // 402 or any error: no switcher
+  if (session !== state.session) return;
+  state.numbers = numbers;
+  if (state.inboxFilter && !inboxChoices().some((c) => c.value === state.inboxFilter)) {
+    state.inboxFilter = '';
+    state.inboxIds = null;
+  }
+  scheduleRender();
+}
+
+// ---------------------------------------------------------------------------
+// Panes over the conversation: Organisation, Directory, Phone numbers (one at a time)
+
 function renderHeader() {
   setText($('org-name'), state.org ? state.org.name || '' : '');
   setText($('me-name'), state.me ? state.me.name || state.me.email || '' : '');
   show($('org-open'), Boolean(state.me && state.me.role === 'admin'));
+  show($('directory-open'), Boolean(state.me && (!state.me.kind || state.me.kind === 'member')));
 }
 
 const orgPanel = createOrgPanel(api, { me: () => state.me, toast: (m) => toast(m) });
+
+function openPane(name) {
+  if (name !== 'org') orgPanel.close();
+  if (name !== 'directory') directory.close();
+  if (name !== 'numbers') numbersPanel.close();
+  if (name === 'org') orgPanel.open();
+  else if (name === 'directory') directory.open();
+  else if (name === 'numbers') numbersPanel.open();
+}
+
+const directory = createDirectory(api, {
+  me: () => state.me,
+  session: () => state.session,
+  toast: (m) => toast(m),
+  openOrg: () => openPane('org'),
+  openNumbers: () => openPane('numbers'),
+  openImport: () => importDialog.open(),
+  onConversation: async (conv) => {
+    const rec = upsertConversation(conv);
+    if (!rec) return;
+    if (rec.events.size === 0) rec.held = rec.data.last_seq || 0;
+    await openConversation(conv.id);
+  },
+});
+
+const numbersPanel = createNumbersPanel(api, {
+  me: () => state.me,
+  session: () => state.session,
+  toast: (m) => toast(m),
+  openOrg: () => openPane('org'),
+  onChanged: () => loadInboxNumbers(),
+});
+
+const importDialog = createImportDialog(api, {
+  session: () => state.session,
+  onFinished: () => directory.refresh(),
+});
 
 function renderStatus(s) {
   const node = $('conn-status');
@@ -756,6 +929,7 @@ function renderInbox() {
   const who = viewer();
   const recs = Array.from(state.convs.values())
     .filter((rec) => !state.orgFilter || rec.data.org_id === state.orgFilter)
+    .filter(inboxMatches)
     .sort((a, b) => b.touched - a.touched);
   const items = recs.map((rec) => {
     const unread = rec.id === state.activeId && document.visibilityState === 'visible' && rec.loaded
@@ -809,12 +983,29 @@ function renderInbox() {
     return el('li', {}, button);
   });
   list.replaceChildren(...items);
-  setText($('inbox-empty'), state.orgFilter ? 'No conversations here.' : 'No conversations yet.');
+  setText($('inbox-empty'), state.orgFilter || state.inboxFilter ? 'No conversations here.' : 'No conversations yet.');
   show($('inbox-empty'), recs.length === 0);
   if (focusedId) {
     const again = list.querySelector(`[data-conversation-id="${CSS.escape(focusedId)}"]`);
     if (again) again.focus();
   }
+}
+
+// A patient conversation says how it reaches the patient; plain SMS warns about content.
+function renderChannelNotice(rec) {
+  const node = $('channel-notice');
+  if (rec.data.kind !== 'patient') {
+    show(node, false);
+    return;
+  }
+  const channel = CHANNELS.find(([value]) => value === (rec.data.channel || 'secure_sms'));
+  const number = state.numbers.find((n) => n.id === rec.data.phone_number_id);
+  const how = `${channel ? channel[1] : rec.data.channel}${number ? ` from ${numberLabel(number)}` : ''}`;
+  // "Normal SMS from …: the text itself is sent. Never include patient information."
+  const warning = SMS_WARNING.slice(SMS_WARNING.indexOf(':') + 1);
+  setText(node, rec.data.channel === 'sms' ? `${how}:${warning}` : `${how}.`);
+  node.classList.toggle('plain', rec.data.channel !== 'sms');
+  show(node, true);
 }
 
 function renderConversation() {
@@ -829,6 +1020,7 @@ function renderConversation() {
   const hasMessages = Boolean(rec.lastMessage) || (rec.data.last_seq || 0) > 0;
   $('conv-participants').replaceChildren(...peopleNodes(rec.data, { ...who, hasMessages }));
   show($('external-notice'), hasOutsiders(rec.data, who));
+  renderChannelNotice(rec);
   const links = inviteLinkNodes(rec.data, rec.inviteLinks);
   const linkBox = $('invite-links');
   if (linkBox.dataset.conversationId !== rec.id || linkBox.childElementCount !== links.length) {
@@ -1104,6 +1296,9 @@ async function downloadFile(file) {
 async function openConversation(id, { focus = true } = {}) {
   const rec = state.convs.get(id);
   if (!rec) return;
+  orgPanel.close(); // the panes lie over the conversation
+  directory.close();
+  numbersPanel.close();
   const composer = $('composer');
   const previous = state.activeId && state.convs.get(state.activeId);
   if (previous && previous.id !== id) previous.draft = composer.value;
@@ -1186,13 +1381,20 @@ async function startSession() {
   }
   render();
   rt.start();
+  loadInboxNumbers();
   const fromHash = conversationFromHash();
   if (fromHash && state.convs.has(fromHash)) openConversation(fromHash, { focus: false });
 }
 
 function resetState() {
   orgPanel.close();
+  directory.reset();
+  numbersPanel.reset();
+  importDialog.reset();
   state.session += 1;
+  state.inboxFilter = '';
+  state.inboxIds = null;
+  state.numbers = [];
   state.me = null;
   state.org = null;
   state.policies = null;
@@ -1323,8 +1525,10 @@ function onComposerSubmit(event) {
 function init() {
   $('login-form').addEventListener('submit', onLoginSubmit);
   $('logout').addEventListener('click', logout);
-  $('org-open').addEventListener('click', () => orgPanel.open());
+  $('org-open').addEventListener('click', () => openPane('org'));
   $('org-close').addEventListener('click', () => orgPanel.close());
+  $('directory-open').addEventListener('click', () => openPane('directory'));
+  $('inbox-switch').addEventListener('change', (e) => setInboxFilter(e.target.value));
   setText($('external-notice'), EXTERNAL_NOTICE);
   $('org-switch').addEventListener('change', (e) => {
     state.orgFilter = e.target.value;

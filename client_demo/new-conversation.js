@@ -1,8 +1,10 @@
 // The "New conversation" box: a member of the organisation and/or email addresses (members,
-// or people outside the organisation, who are invited when the first message is sent).
-// app.js creates it once and hears back through `onCreated`.
+// or people outside the organisation, who are invited when the first message is sent); or,
+// when the caller's teams have phone numbers, a patient (a phone or an address, the number
+// and the channel). app.js creates it once and hears back through `onCreated`.
 
 import { el } from './dom.js';
+import { conversationFields, loadNumbers, sentence } from './patient-conv.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -51,6 +53,40 @@ export function createNewConversation(api, ctx) {
   const errNode = $('new-conv-error');
   const note = $('new-conv-note');
   const toggle = $('new-conv-toggle');
+  const kind = $('new-conv-kind');
+  const kindBox = $('new-conv-kind-box');
+  const staffBox = $('new-conv-staff');
+  const patientBox = $('new-conv-patient');
+  const contact = $('new-conv-patient-contact');
+  const firstName = $('new-conv-patient-first');
+  const lastName = $('new-conv-patient-last');
+  let patientFields = null; // number and channel selects, built from the numbers at each open
+
+  function showKind() {
+    const patient = kind.value === 'patient' && !kindBox.hidden;
+    staffBox.hidden = patient;
+    patientBox.hidden = !patient;
+  }
+
+  // The Patient option: only when the caller may use a number (none, or no plan: hidden).
+  async function loadPatientOption(session) {
+    const { numbers } = await loadNumbers(api);
+    if (session !== ctx.session() || form.hidden) return;
+    kindBox.hidden = !numbers.length;
+    if (numbers.length) {
+      const keep = patientFields ? [patientFields.number.value, patientFields.channel.value] : null;
+      patientFields = conversationFields('new-conversation', numbers);
+      if (keep && numbers.some((n) => n.id === keep[0])) patientFields.number.value = keep[0];
+      if (keep) {
+        patientFields.channel.value = keep[1];
+        patientFields.warning.hidden = keep[1] !== 'sms';
+      }
+      $('new-conv-patient-fields').replaceChildren(...patientFields.nodes);
+    } else {
+      kind.value = 'staff';
+    }
+    showKind();
+  }
 
   function showError(message) {
     const text = String(message || '');
@@ -69,6 +105,7 @@ export function createNewConversation(api, ctx) {
     select.replaceChildren(el('option', { value: '' }, 'Loading members…'));
     select.disabled = true;
     const session = ctx.session();
+    loadPatientOption(session);
     try {
       const members = await api.members();
       if (session !== ctx.session()) return;
@@ -101,12 +138,54 @@ export function createNewConversation(api, ctx) {
     toggle.setAttribute('aria-expanded', 'false');
     subject.value = '';
     emailsInput.value = '';
+    contact.value = '';
+    firstName.value = '';
+    lastName.value = '';
+    kind.value = 'staff';
+    kindBox.hidden = true;
+    showKind();
     errNode.hidden = true;
+  }
+
+  async function submitPatient(event) {
+    const typed = contact.value.trim();
+    if (!typed) {
+      showError('Type the patient’s phone number or e-mail address.');
+      contact.focus();
+      return;
+    }
+    const patient = typed.includes('@') ? { email: typed } : { phone: typed };
+    if (firstName.value.trim()) patient.first_name = firstName.value.trim();
+    if (lastName.value.trim()) patient.last_name = lastName.value.trim();
+    const button = event.submitter || form.querySelector('[type=submit]');
+    button.disabled = true;
+    const session = ctx.session();
+    try {
+      const conv = await api.createConversation([{ patient }], subject.value.trim(), {
+        phone_number_id: patientFields.number.value,
+        channel: patientFields.channel.value,
+      });
+      if (session !== ctx.session()) return;
+      close();
+      await ctx.onCreated(conv);
+    } catch (err) {
+      // 422 names the fields (e.g. `channel` when the patient has no phone for SMS);
+      // 403 when the caller's team does not own the number.
+      const named = (err.details && err.details.fields) || {};
+      const why = Object.entries(named).map(([k, v]) => `${k.replace(/^to\.patient\./, '')} ${v}`).join('; ');
+      showError(why && !String(err.message).includes(why) ? `${sentence(err.message)} (${why})` : err.message);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   async function submit(event) {
     event.preventDefault();
     errNode.hidden = true;
+    if (kind.value === 'patient' && !kindBox.hidden && patientFields) {
+      await submitPatient(event);
+      return;
+    }
     const userId = select.value;
     const { emails, bad } = parseEmails(emailsInput.value);
     if (bad.length) {
@@ -142,6 +221,11 @@ export function createNewConversation(api, ctx) {
     else close();
   });
   $('new-conv-cancel').addEventListener('click', close);
+  kind.addEventListener('change', () => {
+    errNode.hidden = true;
+    showKind();
+    (kind.value === 'patient' ? contact : select).focus();
+  });
   form.addEventListener('submit', submit);
 
   return { open, close };

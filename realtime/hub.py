@@ -1,7 +1,8 @@
 """This node's live connections, grouped by topic, fed from the broker.
 
 Topics: `c:<conversation_id>` (timeline events, receipts, typing, deliveries),
-`u:<user_id>` (frames for one user: a conversation they were added to) and
+`u:<user_id>` (frames for one user: a conversation they were added to or removed from)
+and
 `s:<session_id>` (the end of one login session: its sockets close).
 
 Per conversation, a node delivers events in `seq` order: an event that arrives
@@ -345,6 +346,8 @@ class Hub:
             self._on_event(topic, state, env)
         elif kind == "conversation":
             asyncio.get_running_loop().create_task(self._add_to_conversation(state, env))
+        elif kind == "conversation_removed":
+            asyncio.get_running_loop().create_task(self._remove_from_conversations(state, env))
         elif kind == "close":
             for conn in list(state.conns):
                 conn.close_soon(frame.get("code", 4001), frame.get("reason", ""))
@@ -431,6 +434,16 @@ class Hub:
                 continue
             await self.join(conn, topic, conversation.get("last_seq", 0))
             conn.push(env.encoded(conn.codec))
+
+    async def _remove_from_conversations(self, state: _Topic, env: Envelope) -> None:
+        """A user lost access (left a team): their sockets leave the topics, then hear it."""
+        topics = [conversation_topic(cid) for cid in env.frame.get("conversation_ids", [])]
+        for conn in list(state.conns):
+            for topic in topics:
+                if topic in conn.topics:
+                    await self.leave(conn, topic)
+            if not conn.closed:
+                conn.push(env.encoded(conn.codec))
 
     async def close(self) -> None:
         publisher = self._publisher

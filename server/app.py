@@ -18,9 +18,11 @@ from starlette.websockets import WebSocket
 from channels.email_smtp import SmtpSender
 from channels.outbox import OutboxWorker
 from channels.sender import LoggingSender, Sender
+from channels.twilio import TwilioNumbers, make_twilio_client
 from realtime.broker import make_broker
 from realtime.hub import Hub
 from server.actions import conversations, externals
+from server.actions.access import PatientSendGate
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
 from server.auth import LoginLimiter
@@ -31,6 +33,7 @@ from server.http import JSON, ROUTES
 # Importing the route modules registers their routes.
 from server.routes import api as _api  # noqa: F401, I001
 from server.routes import meta as _meta  # noqa: F401
+from server.routes import patients as _patients  # noqa: F401
 from server.routes.pages import CLIENT_DIR
 from server.ws import watch_sessions, ws_endpoint
 from storage import db
@@ -157,6 +160,16 @@ def make_outbox(settings: Settings) -> OutboxWorker:
     return OutboxWorker(senders, before_round=[externals.release_due])
 
 
+def make_numbers(settings: Settings) -> TwilioNumbers | None:
+    """Twilio's phone-number API, or None when the server has no Twilio credentials."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        return None
+    return TwilioNumbers(make_twilio_client(settings.twilio_account_sid,
+                                            settings.twilio_auth_token,
+                                            settings.twilio_api_url,
+                                            timeout=settings.twilio_timeout))
+
+
 def create_app(settings: Settings | None = None) -> Application:
     settings = settings or load_settings()
 
@@ -175,6 +188,8 @@ def create_app(settings: Settings | None = None) -> Application:
                 secret_key=settings.secret_key,
             ),
         )
+        svc.numbers = make_numbers(settings)
+        svc.patient_gate = PatientSendGate()
         svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()
         svc.metrics.watch_send_queue(svc.batcher.depth)

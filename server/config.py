@@ -53,6 +53,8 @@ KNOWN_VARIABLES = frozenset(
         "SEATS_TRIAL",
         "SEATS_PRO",
         "BLOOMTEXT_OUTBOX_WORKER",
+        "BLOOMTEXT_MAX_IMPORT_BYTES",
+        "BLOOMTEXT_TWILIO_TIMEOUT",
     }
 )
 
@@ -96,6 +98,10 @@ class Settings:
     # within as long again (a dead peer, a half-open TCP connection).
     ws_ping_seconds: float = 20.0
     max_json_bytes: int = 1024 * 1024
+    # A patient import's CSV file (streamed to a temporary file, read row by row).
+    max_import_bytes: int = 50 * 1024 * 1024
+    # Seconds a call to Twilio may take before it counts as Twilio being unavailable.
+    twilio_timeout: float = 10.0
     # Independent send writers per node, conversations hashed onto them; None picks
     # per database (one on SQLite, which has a single writer anyway).
     send_lanes: int | None = None
@@ -235,6 +241,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"BLOOMTEXT_LOG_LEVEL must be debug, info, warning or error: {level!r}")
 
     twilio_api_url = _url(env, "TWILIO_API_URL", {"http", "https"}) or "https://api.twilio.com"
+    if urlsplit(twilio_api_url).path.strip("/"):
+        raise ConfigError(
+            f"TWILIO_API_URL is a scheme and host, without a path: {twilio_api_url!r}")
 
     return Settings(
         host=host,
@@ -252,6 +261,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         default_region=region,
         portal_link_ttl_seconds=_int(env, "PORTAL_LINK_TTL_SECONDS", 604800, minimum=60),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 26214400, minimum=1),
+        max_import_bytes=_int(env, "BLOOMTEXT_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1),
+        twilio_timeout=float(_int(env, "BLOOMTEXT_TWILIO_TIMEOUT", 10, minimum=1)),
         signup_open=_bool(env, "SIGNUP_OPEN", not production),
         production=production,
         log_level=level,

@@ -57,12 +57,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def parse_patch(request: Request, schema: type[T]) -> tuple[T, set[str]]:
+    """A PATCH body: the validated struct and the keys it named (null included), so an
+    absent field stays as it is and a null one is cleared."""
+    body = await parse(request, schema)
+    raw = msgspec.json.decode(request.state.raw_body)
+    return body, set(raw) if isinstance(raw, dict) else set()
+
+
 async def parse(request: Request, schema: type[T]) -> T:
     """Decode and validate a JSON body into `schema`; errors name the fields."""
     content_type = request.headers.get("content-type", "application/json")
     if "json" not in content_type.split(";")[0]:
         raise ApiError("invalid", "send a JSON body (Content-Type: application/json)")
     raw = await read_body(request, services(request).settings.max_json_bytes)
+    request.state.raw_body = raw
     if not raw.strip():
         raise ApiError("invalid", "request body is empty; send a JSON object")
     try:
@@ -145,6 +154,14 @@ def path_id(request: Request, name: str) -> str:
     return value
 
 
+def query_id(request: Request, name: str) -> str | None:
+    """An id filter from the query string; 422 when it cannot be an id."""
+    value = request.query_params.get(name) or None
+    if value is not None and (len(value) > 32 or not _ID_RE.match(value)):
+        raise ApiError("invalid", f"{name} is not an id", {"fields": {name: "not an id"}})
+    return value
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -205,6 +222,7 @@ class RouteSpec:
     errors: tuple[int, ...] = ()
     tag: str = "api"
     content_type: str = "application/json"
+    upload: bool = False  # the body is a file: text/csv, or multipart field `file`
 
 
 ROUTES: list[RouteSpec] = []
@@ -223,13 +241,14 @@ def route(
     errors: tuple[int, ...] = (),
     tag: str = "api",
     content_type: str = "application/json",
+    upload: bool = False,
 ) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
     def register(
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         ROUTES.append(
             RouteSpec(method, path, handler, summary, body, response, status, auth, query,
-                      errors, tag, content_type)
+                      errors, tag, content_type, upload)
         )
         return handler
 

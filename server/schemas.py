@@ -79,6 +79,34 @@ class Target(Body):
     patient: dict[str, Any] | None = None
 
 
+PatientText = Annotated[str, Meta(max_length=320)] | None
+
+
+class PatientBody(Body):
+    """Each optional; a phone or an email is required. Validated and normalised by the
+    directory (phones to E.164, DOB YYYY-MM-DD not in the future, MRN unique)."""
+
+    first_name: PatientText = None
+    last_name: PatientText = None
+    dob: PatientText = None
+    mrn: PatientText = None
+    email: PatientText = None
+    phone: PatientText = None
+
+
+class PatientPatchBody(PatientBody):
+    archived: bool | None = None
+
+
+class PhoneNumberBody(Body):
+    number: Annotated[str, Meta(min_length=1, max_length=40)]
+    team_id: Id
+
+
+class PhoneNumberPatchBody(Body):
+    team_id: Id
+
+
 class ConversationBody(Body):
     to: Annotated[list[Target], Meta(min_length=1, max_length=100)]
     subject: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] | None = None
@@ -293,3 +321,69 @@ class Health(Struct):
 
 def json_schema_components(types: list[type]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+
+
+class Patient(Struct):
+    id: str
+    first_name: str | None
+    last_name: str | None
+    dob: str | None
+    mrn: str | None
+    email: str | None
+    phone: str | None
+    unverified: bool
+    archived: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class PatientList(Struct):
+    items: list[Patient]
+    next: str | None
+
+
+class AvailableNumber(Struct):
+    number: str
+    locality: str | None
+    region: str | None
+
+
+class AvailableNumberList(Struct):
+    items: list[AvailableNumber]
+    next: None
+
+
+class PhoneNumber(Struct):
+    id: str
+    number: str
+    team_id: str
+    created_at: Timestamp
+
+
+class PhoneNumberList(Struct):
+    items: list[PhoneNumber]
+    next: None
+
+
+class JobAccepted(Struct):
+    job_id: str
+
+
+class JobError(Struct):
+    line: int
+    message: str
+
+
+class Job(Struct):
+    id: str
+    kind: Literal["patient_import"]
+    status: Literal["running", "done", "failed"]
+    total: int
+    done: int
+    created: int
+    updated: int
+    rejected: int
+    errors: list[JobError]
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    message: str | None = None

@@ -237,3 +237,73 @@ class PendingParticipant(Model):
         table = "pending_participants"
         unique_together = (("conversation", "email"),)
         indexes = (("email",),)
+
+
+class PhoneNumber(Model):
+    """A number the organisation owns (bought through Twilio), given to exactly one team."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="phone_numbers",
+                                 on_delete=fields.CASCADE)
+    team = fields.ForeignKeyField("models.Team", related_name="phone_numbers",
+                                  on_delete=fields.RESTRICT)
+    number = fields.CharField(max_length=20, unique=True)  # E.164
+    provider_sid = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "phone_numbers"
+
+
+class Patient(Model):
+    """A patient of the organisation. Its id is also the id of its `users` row (kind
+    patient), which is what conversations and events refer to."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="patients",
+                                 on_delete=fields.CASCADE)
+    first_name = fields.CharField(max_length=200, null=True)
+    last_name = fields.CharField(max_length=200, null=True)
+    dob = fields.DateField(null=True)
+    mrn = fields.CharField(max_length=64, null=True)
+    email = fields.CharField(max_length=320, null=True)
+    phone = fields.CharField(max_length=20, null=True)  # E.164
+    # Created by an inbound SMS from an unknown phone: staff should confirm who it is.
+    unverified = fields.BooleanField(default=False, db_default=False)
+    archived_at = fields.DatetimeField(null=True)
+    # Lower-cased name, MRN, email, phone digits and DOB, for `?q=` substring search
+    # (a trigram index on PostgreSQL).
+    search_text = fields.TextField(default="")
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "patients"
+        unique_together = (("org", "mrn"),)
+        indexes = (("org_id", "phone"), ("org_id", "email"))
+
+
+class Job(Model):
+    """A background job (a patient import), its progress and its report."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org = fields.ForeignKeyField("models.Org", related_name="jobs", on_delete=fields.CASCADE)
+    created_by = fields.ForeignKeyField("models.User", related_name="jobs", null=True,
+                                        on_delete=fields.SET_NULL)
+    kind = fields.CharField(max_length=32)
+    status = fields.CharField(max_length=16, default="running", db_default="running")
+    total = fields.IntField(default=0, db_default=0)
+    done = fields.IntField(default=0, db_default=0)
+    created = fields.IntField(default=0, db_default=0)
+    updated = fields.IntField(default=0, db_default=0)
+    rejected = fields.IntField(default=0, db_default=0)
+    errors = fields.JSONField(default=list)  # [{line, message}], the first MAX_JOB_ERRORS
+    message = fields.CharField(max_length=500, null=True)  # why a job failed
+    idempotency_key = fields.CharField(max_length=200, null=True)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()  # a heartbeat while running
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "jobs"
+        unique_together = (("org", "idempotency_key"),)

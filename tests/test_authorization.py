@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from server.http import ROUTES
+from storage.models import Org
 from tests.conftest import LiveServer, Session, expect, recv, send
+from tests.fake_twilio import FakeTwilio
 
 ROLES = ("admin", "member", "other", "external", "bot", "anon")
 _n = itertools.count()
@@ -29,6 +32,24 @@ _n = itertools.count()
 class World:
     tokens: dict[str, str | None]
     ids: dict[str, str]
+    twilio: FakeTwilio
+
+    def fresh_number(self) -> str:
+        number = f"+1415555{next(_n) % 10000:04d}"
+        self.twilio.set_available("415", [(number, None, None)])
+        return number
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def server_env(twilio: FakeTwilio) -> dict[str, str]:
+    return {"TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
+            "TWILIO_API_URL": twilio.url}
 
 
 def fresh_email() -> str:
@@ -50,7 +71,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("GET", "/api/v1/org", None, (200, 200, 200, 200, 200, 401)),
     ("PATCH", "/api/v1/org", {"policies": {"no_screenshots": True}},
      (200, 403, 200, 200, 403, 401)),
-    ("POST", "/api/v1/org/trial", None, (200, 403, 200, 200, 403, 401)),
+    # A and B are on pro (the patient rows need a paid plan): starting a trial is 409 there.
+    ("POST", "/api/v1/org/trial", None, (409, 403, 409, 200, 403, 401)),
     ("POST", "/api/v1/members", lambda w: {"email": fresh_email(), "name": "M",
                                            "password": "correct-horse-2"},
      (201, 403, 201, 201, 403, 401)),
@@ -76,6 +98,31 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("PATCH", "/api/v1/teams/{team}", {"name": "Renamed"}, (200, 403, 404, 404, 403, 401)),
     ("PUT", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 404, 403, 401)),
     ("DELETE", "/api/v1/teams/{team}/members/{target}", None, (204, 403, 404, 404, 403, 401)),
+    # Patient features: A and B are on pro, and C (the external's own organisation) started
+    # its trial in the row above, so of A's patients they all see nothing (404); the
+    # free plan's 402 is in tests/test_patients.py.
+    ("POST", "/api/v1/patients", lambda w: {"phone": f"+1415555{next(_n) % 10000:04d}"},
+     (201, 201, 201, 201, 201, 401)),
+    ("GET", "/api/v1/patients", None, (200, 200, 200, 200, 200, 401)),
+    ("GET", "/api/v1/patients/{patient}", None, (200, 200, 404, 404, 200, 401)),
+    ("PATCH", "/api/v1/patients/{patient}", {"first_name": "Pat"},
+     (200, 200, 404, 404, 200, 401)),
+    ("POST", "/api/v1/patients/import", b"phone\n+14155550111\n",
+     (202, 202, 202, 202, 202, 401)),
+    ("GET", "/api/v1/jobs/{job}", None, (200, 200, 404, 404, 200, 401)),
+    ("GET", "/api/v1/phone-numbers/available?area_code=415", None,
+     (200, 403, 200, 200, 403, 401)),
+    ("POST", "/api/v1/phone-numbers", lambda w: {"number": w.fresh_number(),
+                                                 "team_id": w.ids["team"]},
+     (201, 403, 404, 404, 403, 401)),
+    ("GET", "/api/v1/phone-numbers", None, (200, 200, 200, 200, 200, 401)),
+    ("PATCH", "/api/v1/phone-numbers/{number}", lambda w: {"team_id": w.ids["patient_team"]},
+     (200, 403, 404, 404, 403, 401)),
+    ("POST", "/api/v1/conversations", lambda w: {"to": [{"patient_id": w.ids["patient"]}],
+                                                 "phone_number_id": w.ids["number"]},
+     (201, 201, 404, 404, 403, 401)),
+    ("GET", "/api/v1/conversations/{patient_conversation}", None,
+     (200, 200, 404, 404, 404, 401)),
     ("GET", "/healthz", None, (200, 200, 200, 200, 200, 200)),
     ("GET", "/readyz", None, (200, 200, 200, 200, 200, 200)),
     ("GET", "/metrics", None, (404, 404, 404, 404, 404, 404)),  # METRICS_TOKEN unset
@@ -88,7 +135,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
 
 def test_every_route_is_in_the_matrix() -> None:
     def shape(path: str) -> str:
-        return re.sub(r"\{[^}]+\}", "{}", path)
+        return re.sub(r"\{[^}]+\}", "{}", path.split("?")[0])
 
     covered = {(m, shape(p)) for m, p, _, _ in MATRIX}
     missing = [f"{spec.method} {spec.path}" for spec in ROUTES
@@ -97,11 +144,13 @@ def test_every_route_is_in_the_matrix() -> None:
 
 
 @pytest.fixture
-async def world(live_server: LiveServer) -> World:
+async def world(live_server: LiveServer, twilio: FakeTwilio) -> World:
     admin = await live_server.signup(org_name="A")
     member = await live_server.add_member(admin, name="A member")
     target = await live_server.add_member(admin, name="A target")
     other = await live_server.signup(org_name="B")
+    for org in (admin, other):
+        await Org.filter(id=org.user["org_id"]).update(plan="pro")
     r = await live_server.http.post("/api/v1/bots", json={"name": "A bot"},
                                     headers=admin.headers)
     bot_token = r.json()["token"]
@@ -120,13 +169,33 @@ async def world(live_server: LiveServer) -> World:
     invitation = r.json()["id"]
     r = await live_server.http.post("/api/v1/teams", json={"name": "A team"},
                                     headers=admin.headers)
-    return World(
-        tokens={"admin": admin.token, "member": member.token, "other": other.token,
-                "external": external_token, "bot": bot_token, "anon": None},
-        ids={"target": target.user["id"], "conversation": conversation,
-             "team": r.json()["id"], "invite": "bi_" + "x" * 43,
-             "invitation": invitation},
-    )
+    team = r.json()["id"]
+    # Patients: a number owned by a team the member is on, a patient and a conversation.
+    r = await live_server.http.post("/api/v1/teams", json={"name": "A patients"},
+                                    headers=admin.headers)
+    patient_team = r.json()["id"]
+    await live_server.http.put(f"/api/v1/teams/{patient_team}/members/{member.user['id']}",
+                               headers=admin.headers)
+    world = World(tokens={}, ids={}, twilio=twilio)
+    r = await live_server.http.post("/api/v1/phone-numbers", json={
+        "number": world.fresh_number(), "team_id": patient_team}, headers=admin.headers)
+    number = r.json()["id"]
+    r = await live_server.http.post("/api/v1/patients", json={"phone": "+14155550100"},
+                                    headers=admin.headers)
+    patient = r.json()["id"]
+    r = await live_server.http.post("/api/v1/conversations", json={
+        "to": [{"patient_id": patient}], "phone_number_id": number}, headers=admin.headers)
+    patient_conversation = r.json()["id"]
+    r = await live_server.http.post("/api/v1/patients/import", content=b"phone\n+14155550112\n",
+                                    headers={**admin.headers, "Content-Type": "text/csv"})
+    job = r.json()["job_id"]
+    world.tokens = {"admin": admin.token, "member": member.token, "other": other.token,
+                    "external": external_token, "bot": bot_token, "anon": None}
+    world.ids = {"target": target.user["id"], "conversation": conversation, "team": team,
+                 "invite": "bi_" + "x" * 43, "invitation": invitation,
+                 "patient_team": patient_team, "number": number, "patient": patient,
+                 "patient_conversation": patient_conversation, "job": job}
+    return world
 
 
 async def test_http_matrix(live_server: LiveServer, world: World) -> None:
@@ -137,7 +206,13 @@ async def test_http_matrix(live_server: LiveServer, world: World) -> None:
             token = world.tokens[role]
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             payload = body(world) if callable(body) else body
-            r = await live_server.http.request(method, path, json=payload, headers=headers)
+            if isinstance(payload, bytes):  # a file upload (CSV)
+                r = await live_server.http.request(
+                    method, path, content=payload,
+                    headers={**headers, "Content-Type": "text/csv"})
+            else:
+                r = await live_server.http.request(method, path, json=payload,
+                                                   headers=headers)
             if r.status_code != status:
                 wrong.append(f"{method} {template} as {role}: {r.status_code} "
                              f"(expected {status}) {r.text[:160]}")

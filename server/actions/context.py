@@ -14,6 +14,8 @@ from storage.models import User
 
 if TYPE_CHECKING:
     from channels.outbox import OutboxWorker
+    from channels.twilio import TwilioNumbers
+    from server.actions.access import PatientSendGate
     from server.actions.messages import SendBatcher
 
 # Called after a batch of events is committed (before fan-out): the seam where the
@@ -30,6 +32,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     outbox: OutboxWorker | None = None
     after_store: list[AfterStoreHook] = field(default_factory=list)
+    numbers: TwilioNumbers | None = None  # None without Twilio credentials
+    patient_gate: PatientSendGate | None = None
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tortoise.expressions import Q
+from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic, user_topic
-from server.actions import externals
+from server.actions import access, externals, phone_numbers
+from server.actions import patients as patients_actions
 from server.actions.context import Actor, Services
+from server.actions.orgs import allows_patients, require_patient_plan
 from server.actions.views import conversation_view, event_view, participant_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import iso, new_id, utcnow
-from storage.models import Conversation, Event, Org, Participant, User
+from storage.models import Conversation, Event, Org, Participant, PhoneNumber, User
 
 SYNC_LIMIT = 1000  # events per conversation per `sync` call (the contract's bound)
 
 
 async def membership(actor: Actor, conversation_id: str) -> Participant:
-    """The caller's place in a conversation; 404 when they are not in it (or it is elsewhere)."""
-    participant = await Participant.get_or_none(
-        conversation_id=conversation_id, user_id=actor.id
-    )
+    """The caller's place in a conversation; 404 when they are not in it (or it is
+    elsewhere), 402 for a patient conversation the plan no longer allows."""
+    _, participant = await access.conversation_access(actor, conversation_id)
     if participant is None:
         raise not_found("conversation")
     return participant
@@ -38,11 +39,7 @@ async def _resolve_targets(actor: Actor, targets: list[dict[str, Any]]) -> exter
         elif "email" in target and isinstance(target["email"], str):
             emails.append(target["email"].strip().lower())
         elif "patient_id" in target or "patient" in target:
-            raise ApiError(
-                "invalid",
-                "patient conversations are not available on this server yet",
-                {"fields": {f"to[{i}]": "patient targets are not supported yet"}},
-            )
+            continue  # create_conversation takes the patient
         else:
             raise invalid("each target names a user_id or an email", **{f"to[{i}]": "unknown"})
     result = externals.Targets()
@@ -91,13 +88,26 @@ def participant_kind(user: User, org_id: str) -> str:
     return user.kind
 
 
+def _patient_targets(to: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in to if "patient_id" in t or "patient" in t]
+
+
 async def create_conversation(
-    svc: Services, actor: Actor, *, to: list[dict[str, Any]], subject: str | None
+    svc: Services, actor: Actor, *, to: list[dict[str, Any]], subject: str | None,
+    phone_number_id: str | None = None, channel: str | None = None,
 ) -> dict[str, Any]:
     if actor.user.kind not in ("member", "bot"):
         raise ApiError("forbidden", "only members of an organisation may start conversations")
     if not to:
         raise invalid("name at least one participant", to="empty")
+    if _patient_targets(to):
+        return await _create_patient_conversation(svc, actor, to=to, subject=subject,
+                                                  phone_number_id=phone_number_id,
+                                                  channel=channel)
+    if phone_number_id is not None or channel is not None:
+        raise invalid("phone_number_id and channel are for conversations with a patient",
+                      **{k: "only with a patient target" for k, v in
+                         (("phone_number_id", phone_number_id), ("channel", channel)) if v})
     targets = await _resolve_targets(actor, to)
     people: dict[str, User] = {actor.id: actor.user}
     for user in targets.users:
@@ -138,7 +148,74 @@ async def create_conversation(
     return {**frame_view, "invitees": mine}
 
 
-async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[str, Any]]:
+CHANNELS = ("secure_sms", "sms", "secure_email")
+
+
+async def _create_patient_conversation(
+    svc: Services, actor: Actor, *, to: list[dict[str, Any]], subject: str | None,
+    phone_number_id: str | None, channel: str | None,
+) -> dict[str, Any]:
+    """One patient, on a number of the caller's team: the patient, the creator and the
+    number's team are its participants."""
+    await require_patient_plan(actor)
+    patients = _patient_targets(to)
+    bad: dict[str, str] = {}
+    if len(patients) != 1:
+        bad["to"] = "exactly one patient per conversation"
+    if len(to) != len(patients):
+        bad["to"] = "a patient conversation names only the patient (the team is added)"
+    if not phone_number_id:
+        bad["phone_number_id"] = "required for a patient conversation"
+    channel = channel or "secure_sms"
+    if channel not in CHANNELS:
+        bad["channel"] = "secure_sms, sms or secure_email"
+    if bad:
+        raise ApiError("invalid", "invalid patient conversation", {"fields": bad})
+    assert phone_number_id is not None
+    target = patients[0]
+    if "patient_id" in target and isinstance(target["patient_id"], str):
+        patient = await patients_actions.find(actor, target["patient_id"],
+                                              include_archived=False)
+    elif isinstance(target.get("patient"), dict):
+        patient = await patients_actions.find_or_create(svc, actor, target["patient"])
+    else:
+        raise invalid("a patient target is {patient_id} or {patient: {...}}", to="patient")
+    number = await phone_numbers.number_for_conversation(actor, phone_number_id)
+    if channel in ("sms", "secure_sms") and not patient.phone:
+        raise invalid("this patient has no phone: choose secure_email or add a phone",
+                      channel="patient has no phone")
+    if channel == "secure_email" and not patient.email:
+        raise invalid("this patient has no email: choose SMS or add an email",
+                      channel="patient has no email")
+    team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
+    staff = list(dict.fromkeys([actor.id, *team]))
+    now = utcnow()
+    async with in_transaction():
+        conversation = await Conversation.create(
+            id=new_id("cv"), org_id=actor.org_id, kind="patient",
+            subject=(subject or "").strip() or None, phone_number_id=number.id,
+            channel=channel, created_by_id=actor.id, created_at=now, updated_at=now,
+        )
+        await Participant.bulk_create(
+            [Participant(conversation=conversation, user_id=patient.id, kind="patient",
+                         joined_at=now)]
+            + [Participant(conversation=conversation, user_id=uid, kind="member",
+                           joined_at=now) for uid in staff]
+        )
+    (view,) = await conversation_views([conversation.id], viewer_id=actor.id)
+    for uid in staff:
+        svc.hub.publish(user_topic(uid), {"type": "conversation",
+                                          "conversation": {**view, "read_seq": 0}})
+    return view
+
+
+async def conversation_views(ids: list[str], *, viewer_id: str) -> list[dict[str, Any]]:
+    """Conversations as `viewer_id` sees them (their own read_seq), in the order given."""
+    rows = {c.id: c for c in await Conversation.filter(id__in=ids)}
+    return await _views([rows[i] for i in ids if i in rows], viewer_id)
+
+
+async def _views(conversations: list[Conversation], viewer_id: str) -> list[dict[str, Any]]:
     if not conversations:
         return []
     ids = [c.id for c in conversations]
@@ -153,7 +230,7 @@ async def _views(conversations: list[Conversation], actor: Actor) -> list[dict[s
     views = []
     for conversation in conversations:
         members = by_conversation.get(conversation.id, [])
-        mine = next((p.read_seq for p in members if p.user_id == actor.id), 0)  # type: ignore[attr-defined]
+        mine = next((p.read_seq for p in members if p.user_id == viewer_id), 0)  # type: ignore[attr-defined]
         views.append(conversation_view(
             conversation, [participant_view(p, p.user) for p in members], mine,
             org_name=org_names.get(conversation.org_id, ""),  # type: ignore[attr-defined]
@@ -169,13 +246,39 @@ async def list_conversations(
     kind: str | None,
     after: tuple[str, str] | None,
     limit: int,
+    team_id: str | None = None,
+    phone_number_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
-    """The caller's inbox, most recently active first; keyset-paginated on (updated_at, id)."""
-    query = Conversation.filter(participants__user_id=actor.id)
+    """The caller's inbox, most recently active first; keyset-paginated on (updated_at, id).
+
+    Admins also see every patient conversation of their organisation. `team_id` and
+    `phone_number_id` narrow it to patient conversations on those numbers (402 when the
+    plan has no patients); without them, patient conversations the plan no longer
+    allows are left out (they are kept, and back on upgrade)."""
+    if kind and kind not in ("internal", "patient"):
+        raise invalid("kind is internal or patient", kind="internal or patient")
+    wants_patients = kind == "patient" or team_id is not None or phone_number_id is not None
+    org = await Org.get(id=actor.org_id)
+    patients_allowed = allows_patients(org)
+    if wants_patients and not patients_allowed:
+        await require_patient_plan(actor)  # raises, with the message
+    mine = Participant.filter(user_id=actor.id).values("conversation_id")
+    if actor.is_admin and patients_allowed:
+        query = Conversation.filter(
+            Q(id__in=Subquery(mine)) | Q(org_id=actor.org_id, kind="patient"))
+    else:
+        query = Conversation.filter(id__in=Subquery(mine))
+    if not patients_allowed:
+        # An external's host may allow patients while theirs does not: the plan that
+        # counts is the conversation's organisation's; only the caller's own is gated here.
+        query = query.filter(~Q(kind="patient", org_id=actor.org_id))
     if kind:
-        if kind not in ("internal", "patient"):
-            raise invalid("kind is internal or patient", kind="internal or patient")
         query = query.filter(kind=kind)
+    if team_id is not None:
+        numbers = PhoneNumber.filter(team_id=team_id, org_id=actor.org_id).values("id")
+        query = query.filter(kind="patient", phone_number_id__in=Subquery(numbers))
+    if phone_number_id is not None:
+        query = query.filter(kind="patient", phone_number_id=phone_number_id)
     if after is not None:
         moment, last_id = after
         try:
@@ -186,13 +289,12 @@ async def list_conversations(
     rows = await query.order_by("-updated_at", "-id").limit(limit + 1)
     page = rows[:limit]
     next_key = (page[-1].updated_at.isoformat(), page[-1].id) if len(rows) > limit else None
-    return await _views(page, actor), next_key
+    return await _views(page, actor.id), next_key
 
 
 async def get_conversation(svc: Services, actor: Actor, conversation_id: str) -> dict[str, Any]:
-    await membership(actor, conversation_id)
-    conversation = await Conversation.get(id=conversation_id)
-    return (await _views([conversation], actor))[0]
+    conversation, _ = await access.conversation_access(actor, conversation_id)
+    return (await _views([conversation], actor.id))[0]
 
 
 async def read_events(conversation_id: str, after: int, limit: int) -> list[dict[str, Any]]:
@@ -212,7 +314,7 @@ async def read_gap(conversation_id: str, after: int, before: int) -> list[dict[s
 async def list_events(
     svc: Services, actor: Actor, conversation_id: str, *, after: int, limit: int
 ) -> dict[str, Any]:
-    await membership(actor, conversation_id)
+    await access.conversation_access(actor, conversation_id)
     events = await read_events(conversation_id, after, limit)
     last_seq = await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
     return {"events": events, "last_seq": last_seq[0] if last_seq else 0}

@@ -27,6 +27,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from realtime.hub import conversation_topic
+from server.actions import access
 from server.actions.context import Actor, Services
 from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
@@ -262,7 +263,16 @@ async def send_message(
     if not client_id or len(client_id) > 64:
         raise invalid("client_id is 1 to 64 characters", client_id="1..64 characters")
     assert svc.batcher is not None
-    return await svc.batcher.submit(actor, conversation_id, client_id, body)
+    if svc.patient_gate is not None:
+        await svc.patient_gate.check(conversation_id)  # 402 for patients on the free plan
+    try:
+        return await svc.batcher.submit(actor, conversation_id, client_id, body)
+    except ApiError as exc:
+        # An admin may post in any patient conversation of their organisation: they
+        # join it first (rare, so only looked up when the send path said not_found).
+        if exc.code == "not_found" and await access.admin_joins(actor, conversation_id):
+            return await svc.batcher.submit(actor, conversation_id, client_id, body)
+        raise
 
 
 async def append_event(

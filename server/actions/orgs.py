@@ -146,3 +146,22 @@ async def set_plan(org_id: str, plan: str) -> Org:
         org.trial_ends_at = utcnow() + timedelta(days=TRIAL_DAYS)
     await org.save(update_fields=["plan", "trial_ends_at"])
     return org
+
+
+PLAN_REQUIRED_MESSAGE = (
+    "Patient messaging needs the trial or a paid plan. An admin can start the free 7-day "
+    "trial in the Organisation panel."
+)
+
+
+def allows_patients(org: Org) -> bool:
+    return effective_plan(org) != "free"
+
+
+async def require_patient_plan(actor: Actor) -> Org:
+    """402 for every patient feature on the free plan (a lapsed trial included). Nothing
+    stored is removed: it is readable again once the organisation upgrades."""
+    org = await Org.get(id=actor.org_id)
+    if not allows_patients(org):
+        raise ApiError("plan_required", PLAN_REQUIRED_MESSAGE, {"plan": effective_plan(org)})
+    return org

@@ -1,7 +1,7 @@
 """Teams: named groups of an organisation's members. Admins create, rename and staff them;
 every member of the organisation can see them. Phone numbers (and so patient inboxes)
-attach to teams with the patients issue: removing someone from a team is then what ends
-their access to that team's patients."""
+belong to teams: joining a team gives its numbers' patient conversations, leaving it
+ends that access at once (server/actions/access.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from tortoise.exceptions import IntegrityError
 
+from server.actions import access
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_admin
 from server.errors import ApiError, invalid
@@ -90,10 +91,13 @@ async def add_to_team(svc: Services, actor: Actor, team_id: str, user_id: str) -
     try:
         await TeamMember.create(team=team, user=user, added_at=utcnow())
     except IntegrityError:
-        pass  # already in it: PUT is idempotent
+        return  # already in it: PUT is idempotent
+    await access.joined_team(svc, team.id, user.id)  # its numbers' patient conversations
 
 
 async def remove_from_team(svc: Services, actor: Actor, team_id: str, user_id: str) -> None:
     require_admin(actor)
     team = await _team(actor, team_id)
-    await TeamMember.filter(team_id=team.id, user_id=user_id).delete()
+    removed = await TeamMember.filter(team_id=team.id, user_id=user_id).delete()
+    if removed:
+        await access.left_team(svc, team.id, user_id)  # at once, sockets included

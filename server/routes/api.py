@@ -16,6 +16,7 @@ from server.http import (
     int_param,
     parse,
     path_id,
+    query_id,
     route,
     services,
 )
@@ -153,7 +154,7 @@ async def create_bot(request: Request) -> Response:
 
 
 @route("POST", f"{API}/conversations", "Start a conversation", body=s.ConversationBody,
-       response=s.Conversation, status=201, errors=(401, 403, 404, 422))
+       response=s.Conversation, status=201, errors=(401, 402, 403, 404, 409, 422))
 async def create_conversation(request: Request) -> Response:
     actor = await actor_of(request)
     body = await parse(request, s.ConversationBody)
@@ -163,24 +164,28 @@ async def create_conversation(request: Request) -> Response:
         for t in body.to
     ]
     conversation = await conversations.create_conversation(
-        services(request), actor, to=targets, subject=body.subject
+        services(request), actor, to=targets, subject=body.subject,
+        phone_number_id=body.phone_number_id, channel=body.channel,
     )
     return JSON(conversation, status_code=201)
 
 
 @route("GET", f"{API}/conversations", "The caller's inbox, most recent first",
-       response=s.ConversationList, query=("kind", "cursor", "limit"), errors=(401, 422))
+       response=s.ConversationList,
+       query=("kind", "team_id", "phone_number_id", "cursor", "limit"), errors=(401, 402, 422))
 async def list_conversations(request: Request) -> Response:
     actor = await actor_of(request)
     items, next_key = await conversations.list_conversations(
         services(request), actor, kind=request.query_params.get("kind") or None,
         after=decode_cursor(request), limit=int_param(request, "limit", 50, 1, 200),
+        team_id=query_id(request, "team_id"),
+        phone_number_id=query_id(request, "phone_number_id"),
     )
     return JSON({"items": items, "next": encode_cursor(next_key)})
 
 
 @route("GET", f"{API}/conversations/{{conversation_id}}", "One conversation",
-       response=s.Conversation, errors=(401, 404))
+       response=s.Conversation, errors=(401, 402, 404))
 async def get_conversation(request: Request) -> Response:
     actor = await actor_of(request)
     return JSON(await conversations.get_conversation(
@@ -189,7 +194,8 @@ async def get_conversation(request: Request) -> Response:
 
 @route("POST", f"{API}/conversations/{{conversation_id}}/messages",
        "Send a message (repeat with the same client_id: 200 with the first event)",
-       body=s.MessageBody, response=s.Event, status=201, errors=(401, 404, 409, 422, 503))
+       body=s.MessageBody, response=s.Event, status=201,
+       errors=(401, 402, 404, 409, 422, 503))
 async def send_message(request: Request) -> Response:
     actor = await actor_of(request)
     body = await parse(request, s.MessageBody)
@@ -201,7 +207,7 @@ async def send_message(request: Request) -> Response:
 
 
 @route("GET", f"{API}/conversations/{{conversation_id}}/events", "The timeline after a seq",
-       response=s.EventPage, query=("after", "limit"), errors=(401, 404, 422))
+       response=s.EventPage, query=("after", "limit"), errors=(401, 402, 404, 422))
 async def list_events(request: Request) -> Response:
     actor = await actor_of(request)
     result = await conversations.list_events(
@@ -213,7 +219,7 @@ async def list_events(request: Request) -> Response:
 
 
 @route("POST", f"{API}/conversations/{{conversation_id}}/read", "Mark read up to a seq",
-       body=s.ReadBody, status=204, errors=(401, 404, 422))
+       body=s.ReadBody, status=204, errors=(401, 402, 404, 422))
 async def mark_read(request: Request) -> Response:
     actor = await actor_of(request)
     body = await parse(request, s.ReadBody)

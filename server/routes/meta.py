@@ -21,6 +21,12 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "description": "bounded per route"},
     "cursor": {"type": "string", "description": "the `next` of the previous page"},
     "kind": {"type": "string", "enum": ["internal", "patient"]},
+    "q": {"type": "string", "description": "a substring of the name, MRN, email, phone "
+                                            "(digits) or DOB"},
+    "archived": {"type": "boolean", "description": "include archived patients"},
+    "area_code": {"type": "string", "pattern": "^[2-9][0-9]{2}$"},
+    "team_id": {"type": "string", "description": "patient conversations on this team's numbers"},
+    "phone_number_id": {"type": "string", "description": "patient conversations on this number"},
 }
 
 
@@ -100,6 +106,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
             }
+        if spec.upload:
+            op["requestBody"] = {"required": True, "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}}}},
+            }}
         success: dict[str, Any] = {"description": "success"}
         if isinstance(spec.response, tuple):
             success["content"] = {spec.content_type: {"schema": {"anyOf": [
@@ -112,7 +125,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             op["responses"]["200"] = {"description": "a repeat of an earlier client_id",
                                       **{k: v for k, v in success.items() if k == "content"}}
         statuses = set(spec.errors)
-        if spec.body is not None:
+        if spec.body is not None or spec.upload:
             statuses |= {413, 422}
         if spec.query:
             statuses.add(422)
