@@ -263,3 +263,34 @@ def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
     cluster.stop()
+
+
+# Services at the boundaries we do not own: a real SMTP server and a fake of Twilio's API.
+from tests.fake_twilio import FakeTwilio  # noqa: E402
+from tests.mail import Mailbox, smtp_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    """An SMTP server for the module's tests, and what it received."""
+    box = Mailbox()
+    for port in smtp_server(box):
+        yield box, port
+
+
+def smtp_env(mailbox: tuple[Mailbox, int]) -> dict[str, str]:
+    """Settings that send the server's mail to `mailbox` (for a `server_env` fixture)."""
+    return {"SMTP_URL": f"smtp://127.0.0.1:{mailbox[1]}", "MAIL_FROM": "no-reply@clinic.test"}
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[FakeTwilio]:
+    """A local fake of Twilio's REST API for the module's tests."""
+    with FakeTwilio() as fake:
+        yield fake
+
+
+def twilio_env(fake: FakeTwilio) -> dict[str, str]:
+    """Settings that point the server's real twilio client at `fake`."""
+    return {"TWILIO_ACCOUNT_SID": fake.account_sid, "TWILIO_AUTH_TOKEN": fake.auth_token,
+            "TWILIO_API_URL": fake.url, "BLOOMTEXT_TWILIO_TIMEOUT": "1"}

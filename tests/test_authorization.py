@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.http import ROUTES
 from storage.models import Org
-from tests.conftest import LiveServer, Session, expect, recv, send
+from tests.conftest import LiveServer, Session, expect, recv, send, twilio_env
 from tests.fake_twilio import FakeTwilio
 
 ROLES = ("admin", "member", "other", "external", "bot", "anon")
@@ -40,16 +39,9 @@ class World:
         return number
 
 
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
 @pytest.fixture
 def server_env(twilio: FakeTwilio) -> dict[str, str]:
-    return {"TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_API_URL": twilio.url}
+    return twilio_env(twilio)
 
 
 def fresh_email() -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Page, expect
 
+from tests.conftest import smtp_env
+from tests.mail import Mailbox
 from tests.test_browser_client import (
     PASSWORD,
     SCREENSHOTS,
@@ -27,21 +28,13 @@ from tests.test_browser_client import (
     chromium,
 )
 from tests.test_invitations import link_in, mail_to
-from tests.test_outbox import Mailbox, smtp_server
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    for port in smtp_server(box):
-        yield box, port
-
-
 @pytest.fixture
 def server_env(mailbox: tuple[Mailbox, int]) -> dict[str, str]:
-    return {"SMTP_URL": f"smtp://127.0.0.1:{mailbox[1]}", "MAIL_FROM": "no-reply@clinic.test"}
+    return smtp_env(mailbox)
 
 
 async def _shot(page: Page, name: str) -> None:

@@ -10,13 +10,13 @@ and starts a patient conversation from the Directory.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Page, expect
 
+from tests.conftest import twilio_env
 from tests.fake_twilio import FakeTwilio
 from tests.test_browser_client import PASSWORD, SCREENSHOTS, _log_in, _open_page, chromium
 
@@ -32,16 +32,9 @@ CSV = (
 )
 
 
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
 @pytest.fixture
 def server_env(twilio: FakeTwilio) -> dict[str, str]:
-    return {"TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_API_URL": twilio.url, "BLOOMTEXT_TWILIO_TIMEOUT": "1"}
+    return twilio_env(twilio)
 
 
 async def _shot(page: Page, name: str) -> None:

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from storage.models import Org, OutboxMessage
-from tests.conftest import LiveServer, Session, expect, send
+from tests.conftest import LiveServer, Session, expect, send, smtp_env
+from tests.mail import Mailbox
 from tests.test_invitations import link_in, mail_to
-from tests.test_outbox import Mailbox, smtp_server
 
 CANARY = "PHI-CANARY-7731 potassium 6.1"
 
 
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    for port in smtp_server(box):
-        yield box, port
-
-
 @pytest.fixture
 def server_env(mailbox: tuple[Mailbox, int]) -> dict[str, str]:
-    return {"SMTP_URL": f"smtp://127.0.0.1:{mailbox[1]}", "MAIL_FROM": "no-reply@clinic.test"}
+    return smtp_env(mailbox)
 
 
 def outside_email() -> str:

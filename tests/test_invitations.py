@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,23 +13,15 @@ import pytest
 from server.cli import RedactSecretPaths
 from server.ids import utcnow
 from storage.models import Invitation
-from tests.conftest import LiveServer, Session
-from tests.test_outbox import Mailbox, smtp_server
+from tests.conftest import LiveServer, Session, smtp_env
+from tests.mail import Mailbox
 
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/join/(bi_[A-Za-z0-9_-]+))")
 
 
-@pytest.fixture(scope="module")
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    for port in smtp_server(box):
-        yield box, port
-
-
 @pytest.fixture
 def server_env(mailbox: tuple[Mailbox, int]) -> dict[str, str]:
-    return {"SMTP_URL": f"smtp://127.0.0.1:{mailbox[1]}", "MAIL_FROM": "no-reply@clinic.test",
-            "SEATS_FREE": "3"}
+    return {**smtp_env(mailbox), "SEATS_FREE": "3"}
 
 
 async def invite(live: LiveServer, admin: Session, email: str, name: str = "Dr Lee") -> dict:

@@ -10,15 +10,11 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from email import message_from_bytes, policy
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from channels.email_smtp import SmtpSender
@@ -27,31 +23,13 @@ from channels.sender import LoggingSender, Outbound
 from server.ids import utcnow
 from storage import db
 from storage.models import OutboxMessage
+from tests.mail import Mailbox, smtp_server
 from tests.services import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_LINK = "https://chat.example/join/secret-token-canary"
 
 
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler: keeps what it accepts; refuses the next `fail` with `code`."""
-
-    received: list[Any] = field(default_factory=list)
-    tls: list[bool] = field(default_factory=list)
-    fail: int = 0
-    code: str = "451 4.3.0 try again later"
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        if self.fail > 0:
-            self.fail -= 1
-            return self.code
-        self.received.append(message_from_bytes(envelope.content, policy=policy.default))
-        self.tls.append(session.ssl is not None)
-        return "250 OK"
-
-    def message_ids(self) -> list[str]:
-        return [m["Message-ID"] for m in self.received]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +51,6 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-def smtp_server(mailbox: Mailbox, **kwargs: Any) -> Iterator[int]:
-    port = find_free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, **kwargs)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

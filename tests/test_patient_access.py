@@ -5,27 +5,19 @@ someone from a team (or moving the number) ends their access at once, sockets in
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
 from server.ids import utcnow
 from storage.models import Org
-from tests.conftest import LiveServer, Session, expect, quiet, send
+from tests.conftest import LiveServer, Session, expect, quiet, send, twilio_env
 from tests.fake_twilio import FakeTwilio
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 @pytest.fixture
 def server_env(twilio: FakeTwilio) -> dict[str, str]:
-    return {"TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_API_URL": twilio.url, "BLOOMTEXT_TWILIO_TIMEOUT": "1"}
+    return twilio_env(twilio)
 
 
 def fresh_number(twilio: FakeTwilio, area: str = "415") -> str:

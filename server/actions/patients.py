@@ -138,8 +138,16 @@ def patient_view(p: Patient) -> dict[str, Any]:
     }
 
 
-def _as_api_error(exc: PatientInputError) -> ApiError:
-    return ApiError("invalid", f"invalid patient: {exc}", {"fields": exc.fields})
+def _cleaned(svc: Services, values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return clean(values, svc.settings.default_region)
+    except PatientInputError as exc:
+        raise ApiError("invalid", f"invalid patient: {exc}", {"fields": exc.fields}) from None
+
+
+def _needs_contact(fields: tuple[str, ...] = ("phone", "email")) -> ApiError:
+    return ApiError("invalid", "a patient needs a phone or an email",
+                    {"fields": {k: "phone or email required" for k in fields}})
 
 
 def _mrn_taken() -> ApiError:
@@ -168,14 +176,9 @@ async def sync_user_name(patient: Patient) -> None:
 async def create_patient(svc: Services, actor: Actor, values: dict[str, Any]) -> dict[str, Any]:
     require_staff(actor)
     await require_patient_plan(actor)
-    try:
-        cleaned = clean(values, svc.settings.default_region)
-    except PatientInputError as exc:
-        raise _as_api_error(exc) from None
+    cleaned = _cleaned(svc, values)
     if not cleaned.get("phone") and not cleaned.get("email"):
-        raise ApiError("invalid", "a patient needs a phone or an email",
-                       {"fields": {"phone": "phone or email required",
-                                   "email": "phone or email required"}})
+        raise _needs_contact()
     try:
         async with in_transaction():
             patient = await new_patient(actor.org_id, cleaned)
@@ -213,17 +216,12 @@ async def update_patient(
     A patient keeps a phone or an email."""
     require_staff(actor)
     await require_patient_plan(actor)
-    try:
-        cleaned = clean(values, svc.settings.default_region)
-    except PatientInputError as exc:
-        raise _as_api_error(exc) from None
+    cleaned = _cleaned(svc, values)
     patient = await find(actor, patient_id)
     for name, value in cleaned.items():
         setattr(patient, name, value)
     if not patient.phone and not patient.email:
-        raise ApiError("invalid", "a patient needs a phone or an email",
-                       {"fields": {k: "phone or email required" for k in ("phone", "email")
-                                   if k in cleaned}})
+        raise _needs_contact(tuple(k for k in ("phone", "email") if k in cleaned))
     if archived is not None:
         patient.archived_at = (patient.archived_at or utcnow()) if archived else None
     if cleaned:
