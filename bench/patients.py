@@ -133,33 +133,36 @@ def percentile(values: list[float], p: float) -> float:
 async def run_search(http: httpx.AsyncClient, headers: dict[str, str], queries: int,
                      seed: int, timeout: float) -> dict[str, Any]:
     rnd = random.Random(seed + 1)
-    terms = []
+    terms: list[tuple[str, str]] = []
     for _ in range(queries):
         kind = rnd.randrange(5)
         if kind == 0:
-            terms.append(rnd.choice(LAST)[:rnd.randint(3, 6)].lower())
+            terms.append(("name", rnd.choice(LAST)[:rnd.randint(3, 6)].lower()))
         elif kind == 1:
-            terms.append(f"415555{rnd.randrange(10000):04d}")
+            terms.append(("phone", f"415555{rnd.randrange(10000):04d}"))
         elif kind == 2:
-            terms.append(f"B{seed % 1000:03d}-{rnd.randrange(100000):07d}")
+            terms.append(("mrn", f"B{seed % 1000:03d}-{rnd.randrange(100000):07d}"))
         elif kind == 3:
-            terms.append(f"{rnd.randint(1930, 2020)}-{rnd.randint(1, 12):02d}")
+            terms.append(("dob", f"{rnd.randint(1930, 2020)}-{rnd.randint(1, 12):02d}"))
         else:
-            terms.append(secrets.token_hex(4))  # matches nothing
+            terms.append(("none", secrets.token_hex(4)))  # matches nothing
     latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     deadline = time.perf_counter() + timeout
-    for term in terms:
+    for kind, term in terms:
         if time.perf_counter() > deadline:
             break
         t0 = time.perf_counter()
         r = await http.get("/api/v1/patients", params={"q": term, "limit": 50}, headers=headers)
         latencies.append((time.perf_counter() - t0) * 1000)
+        by_kind.setdefault(kind, []).append(latencies[-1])
         if r.status_code != 200:
             raise SystemExit(f"search failed ({r.status_code}): {r.text[:200]}")
     return {"queries": len(latencies), "p50_ms": round(percentile(latencies, 50), 2),
             "p95_ms": round(percentile(latencies, 95), 2),
             "p99_ms": round(percentile(latencies, 99), 2),
-            "max_ms": round(max(latencies), 2)}
+            "max_ms": round(max(latencies), 2),
+            "max_ms_by_kind": {k: round(max(v), 2) for k, v in sorted(by_kind.items())}}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Client `i` is user `i`; it is a member of conversation `i % rooms`. The conversation is
 created by its first member, so every participant is a bench client. Admins only manage
 their organisation and never connect. When an organisation reaches its plan's seat limit,
-the bench starts its trial once, and then opens another organisation for the rooms that
-did not fit (a conversation never spans two organisations).
+the bench starts its trial once, and then opens another organisation (and starts its
+trial) for the rooms that did not fit (a conversation never spans two organisations).
 """
 
 from __future__ import annotations
@@ -309,18 +309,12 @@ class _Creator:
         async with self.lock:
             k = len(self.state.orgs) - 1
             if not self._fits(k, seats):
-                org = self.state.orgs[k]
-                if not org.trial_tried and not self.seats[k].closed:
-                    org.trial_tried = True
-                    if await self.api.start_trial(org.admin_token):
-                        self.seats[k].limit, _ = await self.api.seats(org.admin_token)
-                        log(
-                            f"setup: started organisation #{k}'s trial "
-                            f"(free seats now: {self._free_text(k)})"
-                        )
+                await self._try_trial(k)
                 if not self._fits(k, seats):
                     await self._new_org()
                     k = len(self.state.orgs) - 1
+                    if not self._fits(k, seats):
+                        await self._try_trial(k)  # a new organisation has its own trial
                     if not self._fits(k, seats):
                         raise BenchError(
                             f"a new organisation has {self._free_text(k)} free seats, fewer "
@@ -329,6 +323,17 @@ class _Creator:
                         )
             self.seats[k].reserved += seats
             return k
+
+    async def _try_trial(self, k: int) -> None:
+        """Start organisation k's trial, once, for its larger seat limit."""
+        org = self.state.orgs[k]
+        if org.trial_tried or self.seats[k].closed:
+            return
+        org.trial_tried = True
+        if await self.api.start_trial(org.admin_token):
+            self.seats[k].limit, _ = await self.api.seats(org.admin_token)
+            log(f"setup: started organisation #{k}'s trial "
+                f"(free seats now: {self._free_text(k)})")
 
     async def _seat_limit_hit(self, k: int) -> None:
         async with self.lock:

@@ -136,18 +136,15 @@ export function createImportDialog(api, ctx) {
   }
 
   function showProgress(j) {
-    const total = Number(j.total) || 0;
     const done = Number(j.done) || 0;
-    if (j.status !== 'running') {
-      parts.progress.max = Math.max(total, 1);
-      parts.progress.value = parts.progress.max;
-    } else if (total > 0) {
-      parts.progress.max = total;
-      parts.progress.value = Math.min(done, total);
-    }
-    parts.progress.setAttribute('aria-valuetext', `${done} of ${total} rows`);
+    // `progress` is how far through the file (0..1); `total` only counts rows read so far.
+    const fraction = j.status === 'running' ? Math.min(Number(j.progress) || 0, 1) : 1;
+    parts.progress.max = 100;
+    parts.progress.value = Math.round(fraction * 100);
+    parts.progress.setAttribute('aria-valuetext',
+      `${Math.round(fraction * 100)}%, ${done} rows handled`);
     parts.status.textContent = j.status === 'running'
-      ? `Importing… ${done} rows handled`
+      ? `Importing… ${Math.round(fraction * 100)}% (${done} rows handled)`
       : j.status === 'done' ? `Finished: ${done} rows handled.` : 'The import stopped.';
   }
 

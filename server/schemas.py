@@ -167,7 +167,9 @@ class SignupResult(Struct):
     org: Org
 
 
-class Invitation(Struct):
+class _InvitationFields(Struct):
+    """What every view of an invitation shows."""
+
     id: str
     kind: Literal["member", "external"]
     email: str
@@ -175,6 +177,9 @@ class Invitation(Struct):
     role: Literal["admin", "member"]
     created_at: Timestamp
     expires_at: Timestamp
+
+
+class Invitation(_InvitationFields):
     link: Annotated[str, Meta(description="only when the server sends no mail "
                                           "(SMTP_URL unset): pass it on yourself")] = ""
 
@@ -185,14 +190,7 @@ class InvitationDelivery(Struct):
     error: str | None
 
 
-class OpenInvitation(Struct):
-    id: str
-    kind: Literal["member", "external"]
-    email: str
-    name: str | None
-    role: Literal["admin", "member"]
-    created_at: Timestamp
-    expires_at: Timestamp
+class OpenInvitation(_InvitationFields):
     expired: bool
     delivery: InvitationDelivery
 
@@ -383,6 +381,7 @@ class Job(Struct):
     created: int
     updated: int
     rejected: int
+    progress: float  # 0..1 through the file, by bytes
     errors: list[JobError]
     created_at: Timestamp
     finished_at: Timestamp | None

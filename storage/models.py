@@ -297,6 +297,9 @@ class Job(Model):
     created = fields.IntField(default=0, db_default=0)
     updated = fields.IntField(default=0, db_default=0)
     rejected = fields.IntField(default=0, db_default=0)
+    # How far through the input the job is, in bytes: a progress bar needs a whole.
+    size = fields.BigIntField(default=0, db_default=0)
+    position = fields.BigIntField(default=0, db_default=0)
     errors = fields.JSONField(default=list)  # [{line, message}], the first MAX_JOB_ERRORS
     message = fields.CharField(max_length=500, null=True)  # why a job failed
     idempotency_key = fields.CharField(max_length=200, null=True)

@@ -37,6 +37,15 @@ def server_env(mailbox: tuple[Mailbox, int]) -> dict[str, str]:
     return smtp_env(mailbox)
 
 
+async def _sign_up(http: httpx.AsyncClient, org_name: str, name: str, email: str
+                   ) -> dict[str, str]:
+    """A new organisation with `email` as its admin; their Authorization header."""
+    r = await http.post("/api/v1/signup", json={
+        "org_name": org_name, "name": name, "email": email, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
 async def _shot(page: Page, name: str) -> None:
     if SCREENSHOTS:
         await page.screenshot(path=str(Path(SCREENSHOTS) / f"externals-{name}.png"))
@@ -55,9 +64,7 @@ async def test_outside_contact_invited_joins_and_answers(
     first = f"Referral for review, ref {suffix}"
     reply = f"Thanks, I will see them Tuesday ({suffix})"
     async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
-        r = await http.post("/api/v1/signup", json={
-            "org_name": host_org, "name": "Dr Host", "email": host_email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
+        await _sign_up(http, host_org, "Dr Host", host_email)
 
     errors: list[str] = []
     async with chromium() as browser:
@@ -166,14 +173,8 @@ async def test_link_without_mail_existing_account_and_policy(live_server) -> Non
     known = f"dr.osei.{suffix}@other.example"
     subject = f"Second opinion {suffix}"
     async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
-        r = await http.post("/api/v1/signup", json={
-            "org_name": host_org, "name": "Dr Host", "email": host_email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        host_auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        r = await http.post("/api/v1/signup", json={
-            "org_name": "Osei Pediatrics", "name": "Dr Osei", "email": known,
-            "password": PASSWORD})
-        assert r.status_code == 201, r.text
+        host_auth = await _sign_up(http, host_org, "Dr Host", host_email)
+        await _sign_up(http, "Osei Pediatrics", "Dr Osei", known)
 
         errors: list[str] = []
         async with chromium() as browser:

@@ -164,6 +164,7 @@ async def test_import_upserts_reports_rows_and_shows_progress(live_server: LiveS
     # matched by email and updated, the formula row created, two rejected.
     assert (job["total"], job["done"], job["created"], job["updated"], job["rejected"]) == (
         7 - 1, 7 - 1, 2, 1, 2), job
+    assert job["progress"] == 1.0
     assert [e["line"] for e in job["errors"]] == [5, 6]
     assert "dob" in job["errors"][0]["message"]
     assert "MRN, a phone or an email" in job["errors"][1]["message"]
@@ -191,13 +192,22 @@ async def test_import_upserts_reports_rows_and_shows_progress(live_server: LiveS
 async def test_import_multipart_and_refusals(live_server: LiveServer) -> None:
     admin = await trial_org(live_server)
     rows = "first_name,last_name,phone\n" + "".join(
-        f"P{i},Test,+1415555{i:04d}\n" for i in range(1200))
+        f"P{i},Test,+1415555{i:04d}\n" for i in range(2100))
+    ws = await live_server.socket()
+    await send(ws, {"type": "auth", "token": admin.token})
+    await expect(ws, "ready")
     r = await live_server.http.post("/api/v1/patients/import",
                                     files={"file": ("p.csv", rows.encode(), "text/csv")},
                                     headers=admin.headers)
     assert r.status_code == 202, r.text
     job = await wait_job(live_server, admin, r.json()["job_id"])
-    assert (job["status"], job["created"], job["rejected"]) == ("done", 1200, 0), job
+    assert (job["status"], job["created"], job["rejected"]) == ("done", 2100, 0), job
+    assert job["progress"] == 1.0
+    # The first frame comes after 500 of 2,100 rows: part of the way through the file.
+    # (Past 2,000 new patients the import also refreshes PostgreSQL's statistics.)
+    first = (await expect(ws, "job"))["job"]
+    assert first["done"] == 500 and 0.15 < first["progress"] < 0.4, first
+    await ws.close()
 
     for body, content_type, why in (
         (b"\x89PNG\r\n\x1a\n\x00\x00", "text/csv", "not CSV"),

@@ -27,7 +27,7 @@ import csv
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import IO, Any
 
@@ -40,13 +40,19 @@ from server.actions.context import Actor, Services
 from server.actions.orgs import require_patient_plan
 from server.errors import ApiError, not_found
 from server.ids import iso, new_id, utcnow
-from storage.models import Job, Patient
+from storage import db
+from storage.models import Job, Patient, User
+from storage.queries import refresh_statistics
 
 log = logging.getLogger("bloomtext.imports")
 
 MAX_JOB_ERRORS = 5000  # rows reported one by one; `rejected` counts them all
 BATCH_ROWS = 500
 STALE_SECONDS = 120  # a running job not heard of for this long died with its node
+# Statistics are refreshed when an import has created this many patients, then at every
+# doubling, and at the end: the planner must know the directory grew (storage/queries.py).
+FIRST_ANALYZE = 2000
+ANALYZED_TABLES = ("patients", "users")
 
 ALIASES = {
     "first_name": {"firstname", "first", "givenname", "forename"},
@@ -82,12 +88,19 @@ def job_view(job: Job) -> dict[str, Any]:
     view = {
         "id": job.id, "kind": job.kind, "status": status, "total": job.total, "done": job.done,
         "created": job.created, "updated": job.updated, "rejected": job.rejected,
-        "errors": job.errors or [], "created_at": iso(job.created_at),
+        "progress": _progress(job), "errors": job.errors or [], "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at),
     }
     if message:
         view["message"] = message
     return view
+
+
+def _progress(job: Job) -> float:
+    """0..1 through the file (`total` only counts the rows read so far)."""
+    if job.status == "done" or job.size <= 0:
+        return 1.0 if job.status == "done" else 0.0
+    return round(min(job.position / job.size, 1.0), 3)
 
 
 async def get_job(svc: Services, actor: Actor, job_id: str) -> dict[str, Any]:
@@ -131,6 +144,13 @@ async def _spool(chunks: AsyncIterator[bytes], limit: int) -> IO[bytes]:
     return spool
 
 
+def _size(spool: IO[bytes]) -> int:
+    here = spool.tell()
+    end = spool.seek(0, 2)
+    spool.seek(here)
+    return end
+
+
 def _rows(spool: IO[bytes]) -> tuple[list[str], Iterator[list[str]]]:
     """The header cells and an iterator over the remaining rows (decoded lazily)."""
     text = codecs.getreader("utf-8-sig")(spool, errors="strict")
@@ -144,14 +164,18 @@ def _rows(spool: IO[bytes]) -> tuple[list[str], Iterator[list[str]]]:
 
 
 async def start_import(
-    svc: Services, actor: Actor, chunks: AsyncIterator[bytes], *, content_type: str,
-    idempotency_key: str | None,
+    svc: Services, actor: Actor, open_body: Callable[[], Awaitable[AsyncIterator[bytes]]], *,
+    declared_length: int | None, idempotency_key: str | None,
 ) -> tuple[dict[str, Any], bool]:
-    """Check the file up front, then import in the background. Returns ({job_id}, created);
-    the same Idempotency-Key returns the first job."""
+    """Check the caller, then the file up front, then import in the background. Returns
+    ({job_id}, created); the same Idempotency-Key returns the first job. `open_body` is
+    only called once the caller may import: nothing is read for a caller who may not."""
     await require_patient_plan(actor)
     if actor.user.kind not in ("member", "bot"):
         raise ApiError("forbidden", "only members of this organisation may import patients")
+    limit = svc.settings.max_import_bytes
+    if declared_length is not None and declared_length > limit + 65536:  # + multipart
+        raise ApiError("too_large", f"an import is at most {limit} bytes", {"limit": limit})
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 200:
             raise ApiError("invalid", "Idempotency-Key is 1 to 200 characters",
@@ -159,7 +183,7 @@ async def start_import(
         earlier = await Job.get_or_none(org_id=actor.org_id, idempotency_key=idempotency_key)
         if earlier is not None:
             return {"job_id": earlier.id}, False
-    spool = await _spool(chunks, svc.settings.max_import_bytes)
+    spool = await _spool(await open_body(), limit)
     try:
         try:
             header, rows = _rows(spool)
@@ -177,8 +201,8 @@ async def start_import(
         try:
             job = await Job.create(id=new_id("jb"), org_id=actor.org_id,
                                    created_by_id=actor.id, kind="patient_import",
-                                   idempotency_key=idempotency_key, created_at=now,
-                                   updated_at=now)
+                                   idempotency_key=idempotency_key, size=_size(spool),
+                                   created_at=now, updated_at=now)
         except IntegrityError:  # the same key, raced
             earlier = await Job.get(org_id=actor.org_id, idempotency_key=idempotency_key)
             spool.close()
@@ -198,7 +222,7 @@ _running: set[asyncio.Task[None]] = set()
 
 async def _run(svc: Services, actor: Actor, job: Job, spool: IO[bytes],
                columns: dict[int, str], rows: Iterator[list[str]]) -> None:
-    importer = _Importer(svc, actor, job, columns)
+    importer = _Importer(svc, actor, job, spool)
     try:
         with contextlib.closing(spool):
             batch: list[tuple[int, dict[str, str]]] = []
@@ -235,7 +259,9 @@ async def _run(svc: Services, actor: Actor, job: Job, spool: IO[bytes],
 
 
 class _Importer:
-    def __init__(self, svc: Services, actor: Actor, job: Job, columns: dict[int, str]) -> None:
+    def __init__(self, svc: Services, actor: Actor, job: Job, spool: IO[bytes]) -> None:
+        self._spool = spool
+        self._next_analyze = FIRST_ANALYZE
         self._svc = svc
         self._actor = actor
         self._job = job
@@ -264,6 +290,9 @@ class _Importer:
             good.append((line, values))
         if good:
             await self._upsert(good)
+            if self._job.created >= self._next_analyze:
+                self._next_analyze *= 2
+                await refresh_statistics(db.connection(), ANALYZED_TABLES)
         await self._save_progress()
 
     async def _upsert(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
@@ -282,6 +311,9 @@ class _Importer:
             for p in await live.filter(email__in=emails, archived_at__isnull=True):
                 by_email.setdefault(p.email or "", []).append(p)
         changed: dict[str, Patient] = {}
+        # New patients are written together at the end of the batch (two statements
+        # instead of two per row); a later row of the same batch may still update one.
+        created: dict[str, Patient] = {}
         async with in_transaction():
             for line, values in rows:
                 match, why = self._match(values, by_mrn, by_phone, by_email)
@@ -291,7 +323,8 @@ class _Importer:
                 job.total += 1
                 job.done += 1
                 if match is None:
-                    patient = await patients.new_patient(self._org, values)
+                    patient = patients.build_patient(self._org, values)
+                    created[patient.id] = patient
                     by_mrn.setdefault(patient.mrn or "", patient)
                     if patient.phone:
                         by_phone.setdefault(patient.phone, []).append(patient)
@@ -313,8 +346,12 @@ class _Importer:
                         by_mrn[updates["mrn"]] = match
                     match.search_text = patients.search_text(match)
                     match.updated_at = utcnow()
-                    changed[match.id] = match
+                    if match.id not in created:
+                        changed[match.id] = match
                     job.updated += 1
+            if created:
+                await User.bulk_create([patients.patient_user(p) for p in created.values()])
+                await Patient.bulk_create(list(created.values()))
             for patient in changed.values():
                 await patient.save()
                 await patients.sync_user_name(patient)
@@ -341,8 +378,10 @@ class _Importer:
     async def _save_progress(self) -> None:
         job = self._job
         job.updated_at = utcnow()
+        if not self._spool.closed:
+            job.position = self._spool.tell()  # the reader's buffer ahead: close enough
         await job.save(update_fields=["total", "done", "created", "updated", "rejected",
-                                      "errors", "updated_at"])
+                                      "position", "errors", "updated_at"])
         self._publish()
 
     def _publish(self) -> None:
@@ -352,6 +391,11 @@ class _Importer:
 
     async def finish(self, status: str, message: str | None = None) -> None:
         job = self._job
+        if job.created + job.updated >= FIRST_ANALYZE:
+            try:
+                await refresh_statistics(db.connection(), ANALYZED_TABLES)
+            except Exception:
+                log.exception("could not refresh statistics after import %s", job.id)
         job.status = status
         job.message = message
         job.finished_at = job.updated_at = utcnow()

@@ -23,6 +23,7 @@ from server.actions.context import Actor, Services
 from server.actions.orgs import require_patient_plan
 from server.errors import ApiError, not_found
 from server.ids import iso, new_id, utcnow
+from storage import queries
 from storage.models import Patient, User
 
 FIELDS = ("first_name", "last_name", "dob", "mrn", "email", "phone")
@@ -155,15 +156,27 @@ def _mrn_taken() -> ApiError:
                     {"fields": {"mrn": "taken"}})
 
 
-async def new_patient(org_id: str, values: dict[str, Any], *, unverified: bool = False
-                      ) -> Patient:
-    """Inside the caller's transaction: the patient and its user row."""
+def build_patient(org_id: str, values: dict[str, Any], *, unverified: bool = False
+                  ) -> Patient:
+    """A patient not yet stored: `patient_user` gives the user row that must go first."""
     now = utcnow()
     patient = Patient(id=new_id("pt"), org_id=org_id, unverified=unverified, created_at=now,
                       updated_at=now, **{k: values.get(k) for k in FIELDS})
     patient.search_text = search_text(patient)
-    await User.create(id=patient.id, org_id=org_id, kind="patient", role="member",
-                      name=display_name(patient), created_at=now)
+    return patient
+
+
+def patient_user(patient: Patient) -> User:
+    """The patient's user row (same id): what conversations show as the participant."""
+    return User(id=patient.id, org_id=patient.org_id, kind="patient", role="member",
+                name=display_name(patient), created_at=patient.created_at)
+
+
+async def new_patient(org_id: str, values: dict[str, Any], *, unverified: bool = False
+                      ) -> Patient:
+    """Inside the caller's transaction: the patient and its user row."""
+    patient = build_patient(org_id, values, unverified=unverified)
+    await patient_user(patient).save(force_create=True)
     await patient.save(force_create=True)
     return patient
 
@@ -248,7 +261,8 @@ async def search_patients(
     query = Patient.filter(org_id=actor.org_id)
     if not include_archived:
         query = query.filter(archived_at__isnull=True)
-    for word in q.lower().split()[:5]:
+    words = q.lower().split()[:5]
+    for word in words:
         digits = re.sub(r"[().+-]", "", word)
         if digits.isdigit() and digits != word:
             # "555-0123" is a phone's digits, or a DOB as typed ("2001-07").
@@ -258,7 +272,9 @@ async def search_patients(
             query = query.filter(search_text__contains=word)
     if after is not None:
         query = query.filter(id__gt=after[1])
-    rows = await query.order_by("id").limit(limit + 1)
+    trigrams_usable = bool(words) and all(len(w) >= 3 for w in words)
+    async with queries.substring_search(trigrams_usable) as conn:
+        rows = await query.order_by("id").limit(limit + 1).using_db(conn)
     page = rows[:limit]
     next_key = ("id", page[-1].id) if len(rows) > limit else None
     return [patient_view(p) for p in page], next_key
