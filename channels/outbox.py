@@ -19,7 +19,7 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from channels.sender import Outbound, Sender, SendResult
 from storage import db, queries
@@ -29,6 +29,22 @@ from storage.outage import is_outage
 log = logging.getLogger("bloomtext.outbox")
 
 FailedHook = Callable[[OutboxMessage], Awaitable[None]]
+
+
+class PurposeHandler(Protocol):
+    """For rows that hold a reference rather than the message (a patient message: its
+    event's id): `prepare` builds what to send at send time, or answers without sending
+    (recalled, opted out); `record` keeps the outcome where the caller needs it (the
+    provider's id first) before the row is acknowledged. If `record` raises, the row is
+    not acknowledged: it is claimed again after its lease, and `prepare` must then find
+    out whether the earlier send went through."""
+
+    purpose: str
+
+    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult: ...
+
+    async def record(self, row: OutboxMessage, message: Outbound | None,
+                     result: SendResult, final: bool) -> None: ...
 # Run before each claim; returns how many held rows it let go. Owned by the caller (the
 # server's actions), so this module knows nothing of what makes a row due.
 RoundHook = Callable[[], Awaitable[int]]
@@ -69,8 +85,10 @@ class OutboxWorker:
         lease_seconds: float = 120.0,
         on_failed: FailedHook | None = None,
         before_round: Sequence[RoundHook] = (),
+        handlers: Sequence[PurposeHandler] = (),
     ) -> None:
         self._senders = dict(senders)
+        self._handlers = {h.purpose: h for h in handlers}
         self._batch = batch_size
         self._poll = poll_seconds
         self.max_attempts = max_attempts
@@ -126,26 +144,53 @@ class OutboxWorker:
         return len(rows)
 
     async def _deliver(self, row: OutboxMessage) -> None:
-        sender = self._senders.get(row.channel)
-        payload = row.payload or {}
-        if sender is None:
-            result = SendResult("permanent", error=f"no sender for channel {row.channel}")
-        else:
+        handler = self._handlers.get(row.purpose)
+        if handler is None:
+            payload = row.payload or {}
             message = Outbound(
                 id=row.id, channel=row.channel, purpose=row.purpose, to=row.recipient,
                 subject=payload.get("subject", ""), text=payload.get("text", ""),
                 html=payload.get("html"),
             )
-            try:
-                result = await sender.send(message)
-            except Exception as exc:  # a sender bug must not lose the row
-                log.exception("outbox: sender for %s raised", row.channel)
-                result = SendResult("retryable", error=f"{type(exc).__name__}")
+            await self._record(row, await self._send(message))
+            return
+        try:
+            prepared = await handler.prepare(row)
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("outbox: preparing %s %s failed", row.purpose, row.id)
+            await self._record(row, SendResult("retryable", error=type(exc).__name__))
+            return
+        if isinstance(prepared, SendResult):
+            sent, result = None, prepared
+        else:
+            sent, result = prepared, await self._send(prepared)
+        final = result.status != "retryable" or row.attempts >= self.max_attempts
+        try:
+            await handler.record(row, sent, result, final)
+        except Exception as exc:  # left claimed: taken again after the lease
+            log.warning("outbox: recording %s %s failed (%s): it will be checked again",
+                        row.purpose, row.id, type(exc).__name__)
+            return
         await self._record(row, result)
+
+    async def _send(self, message: Outbound) -> SendResult:
+        sender = self._senders.get(message.channel)
+        if sender is None:
+            return SendResult("permanent", error=f"no sender for channel {message.channel}")
+        try:
+            return await sender.send(message)
+        except Exception as exc:  # a sender bug must not lose the row
+            log.exception("outbox: sender for %s raised", message.channel)
+            return SendResult("retryable", error=f"{type(exc).__name__}")
 
     async def _record(self, row: OutboxMessage, result: SendResult) -> None:
         now = _now()
         mine = OutboxMessage.filter(id=row.id, claimed_until=row.claimed_until)
+        if result.status == "cancelled":
+            await mine.update(status="cancelled", payload=None, claimed_until=None,
+                              last_error=result.error)
+            return
         if result.status in ("sent", "logged"):
             await mine.update(status=result.status, sent_at=now, provider_id=result.provider_id,
                               payload=None, claimed_until=None, last_error=result.error)

@@ -31,7 +31,8 @@ class SendResult:
     # sent: done. retryable: try again later (a timeout, a 4xx, a server down).
     # permanent: trying again will not help (a refused recipient, a 5xx).
     # logged: not sent, on purpose (the channel is not configured), and recorded as such.
-    status: Literal["sent", "retryable", "permanent", "logged"]
+    # cancelled: not sent because it no longer should be (recalled, opted out).
+    status: Literal["sent", "retryable", "permanent", "logged", "cancelled"]
     provider_id: str | None = None
     error: str | None = None
 

@@ -18,10 +18,10 @@ from starlette.websockets import WebSocket
 from channels.email_smtp import SmtpSender
 from channels.outbox import OutboxWorker
 from channels.sender import LoggingSender, Sender
-from channels.twilio import TwilioNumbers, make_twilio_client
+from channels.twilio import TwilioNumbers, TwilioSmsSender, make_twilio_client
 from realtime.broker import make_broker
 from realtime.hub import Hub
-from server.actions import conversations, externals
+from server.actions import conversations, delivery, externals
 from server.actions.access import PatientSendGate
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
@@ -34,6 +34,8 @@ from server.http import JSON, ROUTES
 from server.routes import api as _api  # noqa: F401, I001
 from server.routes import meta as _meta  # noqa: F401
 from server.routes import patients as _patients  # noqa: F401
+from server.routes import portal as _portal  # noqa: F401
+from server.routes import webhooks as _webhooks  # noqa: F401
 from server.routes.pages import CLIENT_DIR
 from server.ws import watch_sessions, ws_endpoint
 from storage import db
@@ -148,16 +150,23 @@ def send_lanes(settings: Settings) -> int:
     return 1 if settings.database_url.startswith("sqlite") else DEFAULT_POSTGRES_LANES
 
 
-def make_outbox(settings: Settings) -> OutboxWorker:
+def make_outbox(settings: Settings, hub: Hub) -> OutboxWorker:
     """The outbox worker with a sender per channel, as configured."""
+    sms: TwilioSmsSender | None = None
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        sms = TwilioSmsSender(make_twilio_client(
+            settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_url,
+            timeout=settings.twilio_timeout))
     senders: dict[str, Sender] = {
         "email": SmtpSender(settings.smtp_url, settings.mail_from)
         if settings.smtp_url
         else LoggingSender("email", "SMTP_URL is not set"),
-        "sms": LoggingSender("sms", "Twilio is not configured"),
+        "sms": sms or LoggingSender("sms", "Twilio is not configured"),
     }
-    # An external invitation's mail is held until its conversation's first message.
-    return OutboxWorker(senders, before_round=[externals.release_due])
+    # An external invitation's mail is held until its conversation's first message; a
+    # patient message's notification is built when it is sent (delivery.PatientMessages).
+    return OutboxWorker(senders, before_round=[externals.release_due],
+                        handlers=[delivery.PatientMessages(settings, hub, sms_lookup=sms)])
 
 
 def make_numbers(settings: Settings) -> TwilioNumbers | None:
@@ -196,7 +205,7 @@ def create_app(settings: Settings | None = None) -> Application:
         svc.metrics.watch_hub(hub)
         app.state.services = svc
         app.state.broker = broker
-        svc.outbox = make_outbox(settings)
+        svc.outbox = make_outbox(settings, hub)
         tasks = [asyncio.get_running_loop().create_task(watch_sessions(svc))]
         if settings.outbox_worker:
             tasks.append(asyncio.get_running_loop().create_task(svc.outbox.run()))

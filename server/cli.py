@@ -154,10 +154,18 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run_worker(settings: Settings) -> None:
     """The outbox worker alone, until SIGTERM or Ctrl-C (the Procfile's `worker:`)."""
+    from realtime.broker import make_broker
+    from realtime.hub import Hub
+    from server.actions import conversations
     from server.app import make_outbox
 
     await db.init_db(settings.database_url)
-    worker = make_outbox(settings)
+    # Delivery states reach staff through the broker (Redis when there are several nodes;
+    # with the in-process broker a separate worker's frames reach no one: sync repairs).
+    broker = make_broker(settings.redis_url)
+    await broker.start()
+    hub = Hub(broker, conversations.read_gap)
+    worker = make_outbox(settings, hub)
     loop = asyncio.get_running_loop()
     task = loop.create_task(worker.run())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,6 +176,8 @@ async def run_worker(settings: Settings) -> None:
     except asyncio.CancelledError:
         pass
     finally:
+        await hub.close()
+        await broker.close()
         await db.close_db()
 
 

@@ -223,6 +223,7 @@ class RouteSpec:
     tag: str = "api"
     content_type: str = "application/json"
     upload: bool = False  # the body is a file: text/csv, or multipart field `file`
+    form: type | None = None  # the body is application/x-www-form-urlencoded (webhooks)
 
 
 ROUTES: list[RouteSpec] = []
@@ -242,13 +243,14 @@ def route(
     tag: str = "api",
     content_type: str = "application/json",
     upload: bool = False,
+    form: type | None = None,
 ) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
     def register(
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         ROUTES.append(
             RouteSpec(method, path, handler, summary, body, response, status, auth, query,
-                      errors, tag, content_type, upload)
+                      errors, tag, content_type, upload, form)
         )
         return handler
 

@@ -62,6 +62,10 @@ class Metrics:
         self.send_queue_depth = Gauge(
             "bloomtext_send_queue_depth", "Sends waiting for a writer", registry=r
         )
+        self.webhook_rejections = Counter(
+            "bloomtext_webhook_rejections",
+            "Webhook requests refused because their signature did not validate", registry=r,
+        )
 
     def watch_send_queue(self, depth: Callable[[], int]) -> None:
         self.send_queue_depth.set_function(depth)

@@ -114,6 +114,14 @@ class ConversationBody(Body):
     channel: Literal["secure_sms", "sms", "secure_email"] | None = None
 
 
+class ConversationPatchBody(Body):
+    """Staff switch a patient conversation's channel (the next messages use it), or
+    rename a conversation."""
+
+    subject: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] | None = None
+    channel: Literal["secure_sms", "sms", "secure_email"] | None = None
+
+
 class MessageBody(Body):
     body: Text
     client_id: ClientId
@@ -386,3 +394,38 @@ class Job(Struct):
     created_at: Timestamp
     finished_at: Timestamp | None
     message: str | None = None
+
+
+class TwilioInboundSms(Struct):
+    """The fields of Twilio's inbound-SMS request that this server reads (others are
+    ignored, but every field counts in the signature)."""
+
+    MessageSid: str
+    From: str
+    To: str
+    Body: str = ""
+    NumMedia: str = "0"
+    OptOutType: str | None = None
+
+
+class TwilioStatus(Struct):
+    """The fields of Twilio's status callback that this server reads."""
+
+    MessageSid: str
+    MessageStatus: Literal["queued", "sending", "sent", "delivered", "undelivered", "failed",
+                           "accepted", "scheduled", "read", "canceled"]
+    ErrorCode: str | None = None
+
+
+class PortalForm(Struct):
+    """The portal page's forms: `dob` (YYYY-MM-DD) answers the DOB question; `body`, with
+    the page's `client_id`, is a reply."""
+
+    dob: str | None = None
+    body: str | None = None
+    client_id: str | None = None
+
+
+class PortalTicket(Struct):
+    ticket: Annotated[str, Meta(description="one use, within 60 s: auth {ticket} on /ws")]
+    conversation_id: str

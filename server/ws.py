@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 
 from realtime import protocol as p
 from realtime.hub import Connection, Hub, conversation_topic
-from server.actions import accounts, conversations, messages
+from server.actions import accounts, conversations, messages, portal
 from server.actions.context import Actor, Services
 from server.actions.views import user_view
 from server.errors import ApiError
@@ -34,6 +34,8 @@ class SocketSession:
     actor: Actor
     check_at: float  # when to look at the session again (epoch seconds)
     touched_at: float = 0.0
+    # A patient through the portal (auth with a ticket): this one conversation only.
+    portal_conversation: str | None = None
 
 
 class TokenBucket:
@@ -79,9 +81,10 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=subprotocol)
     codec = p.CODECS[subprotocol or p.SUBPROTOCOL_JSON]
 
-    actor = await _authenticate(websocket, svc, codec)
-    if actor is None:
+    authenticated = await _authenticate(websocket, svc, codec)
+    if authenticated is None:
         return
+    actor, portal_conversation = authenticated
     hub: Hub = svc.hub
 
     async def send(data: bytes | str) -> None:
@@ -102,20 +105,27 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         send=send,
         close=close,
         max_queue=svc.settings.ws_send_queue,
-        state=SocketSession(actor=actor, check_at=now + session_check_every(svc), touched_at=now),
+        state=SocketSession(actor=actor, check_at=now + session_check_every(svc), touched_at=now,
+                            portal_conversation=portal_conversation),
     )
     try:
         await hub.register(conn)
         snapshot = await conversations.ready_snapshot(actor)
+        if portal_conversation is not None:
+            snapshot = [c for c in snapshot if c["id"] == portal_conversation]
         for item in snapshot:
             await hub.join(conn, conversation_topic(item["id"]), item["last_seq"])
-        me = await accounts.me(svc, actor)
+        if portal_conversation is None:
+            me = await accounts.me(svc, actor)
+            org, policies = me["org"], me["policies"]
+        else:
+            org, policies = await portal.org_view(actor), {}
         conn.push_frame(
             {
                 "type": "ready",
                 "user": user_view(actor.user),
-                "org": me["org"],
-                "policies": me["policies"],
+                "org": org,
+                "policies": policies,
                 "conversations": snapshot,
             }
         )
@@ -129,7 +139,9 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await hub.unregister(conn)
 
 
-async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec) -> Actor | None:
+async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec
+                        ) -> tuple[Actor, str | None] | None:
+    """The caller, and for a portal ticket the one conversation it opens."""
     try:
         message = await asyncio.wait_for(websocket.receive(), svc.settings.ws_auth_timeout)
     except TimeoutError:
@@ -142,19 +154,22 @@ async def _authenticate(websocket: WebSocket, svc: Services, codec: p.Codec) -> 
     except p.FrameError:
         frame = None
     reason = "auth must be the first frame"
-    if isinstance(frame, p.Auth) and frame.token:
-        try:
-            return await accounts.authenticate(svc, frame.token)
-        except ApiError as exc:
-            reason = exc.message
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # 1013 "try again later": the client backs off and reconnects.
-            await websocket.close(code=1013, reason="service unavailable; retry")
-            return None
-    elif isinstance(frame, p.Auth) and frame.ticket:
-        reason = "portal tickets are not accepted by this server yet"
+    try:
+        if isinstance(frame, p.Auth) and frame.token:
+            return await accounts.authenticate(svc, frame.token), None
+        if isinstance(frame, p.Auth) and frame.ticket:
+            found = await portal.socket_actor(svc, frame.ticket)
+            if found is not None:
+                return found
+            reason = "unknown, used or expired ticket: ask the page for a new one"
+    except ApiError as exc:
+        reason = exc.message
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # 1013 "try again later": the client backs off and reconnects.
+        await websocket.close(code=1013, reason="service unavailable; retry")
+        return None
     await websocket.close(code=p.CLOSE_UNAUTHENTICATED, reason=reason)
     return None
 
@@ -186,11 +201,13 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
             conn.push_frame(p.error_frame("rate_limited", "slow down", frame.ref))
             continue
         try:
-            if not isinstance(frame, p.Ping):
+            if not isinstance(frame, p.Ping) and session.portal_conversation is None:
                 now = time.time()
                 if now - session.touched_at >= accounts.touch_interval(svc).total_seconds():
                     session.touched_at = now
                     await accounts.touch_session(svc, actor.session_id)
+            if session.portal_conversation is not None:
+                _portal_scope(frame, session.portal_conversation)
             await _dispatch(svc, conn, actor, frame)
         except ApiError as exc:
             conn.push_frame(p.error_frame(exc.code, exc.message, frame.ref))
@@ -202,6 +219,16 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
             else:
                 log.exception("frame %s failed", type(frame).__name__)
                 conn.push_frame(p.error_frame("internal", "internal error", frame.ref))
+
+
+def _portal_scope(frame: Any, conversation_id: str) -> None:
+    """A portal socket acts in its one conversation; any other is not found."""
+    named = getattr(frame, "conversation_id", None)
+    if named is not None and named != conversation_id:
+        raise ApiError("not_found", "conversation not found")
+    if isinstance(frame, p.Sync) and set(frame.since) - {conversation_id}:
+        raise ApiError("not_found", "conversation not found",
+                       {"conversation_ids": sorted(set(frame.since) - {conversation_id})})
 
 
 async def _dispatch(svc: Services, conn: Connection, actor: Actor, frame: Any) -> None:
@@ -235,7 +262,10 @@ async def watch_sessions(svc: Services) -> None:
             if conn.closed or session.check_at > now:
                 continue
             try:
-                ends = await accounts.session_alive(svc, conn.session_id)
+                if session.portal_conversation is not None:
+                    ends = await portal.session_alive(svc, conn.session_id)
+                else:
+                    ends = await accounts.session_alive(svc, conn.session_id)
             except Exception:
                 session.check_at = now + session_check_every(svc)
                 continue

@@ -310,3 +310,99 @@ class Job(Model):
     class Meta:
         table = "jobs"
         unique_together = (("org", "idempotency_key"),)
+
+
+class Delivery(Model):
+    """How a patient-conversation message reached its patient (or did not): one per message,
+    channel and kind, with the latest status the provider reported. Written by the outbox
+    worker; updated by Twilio's status callbacks, never backwards."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org_id = fields.CharField(max_length=32)
+    event_id = fields.CharField(max_length=32)
+    conversation_id = fields.CharField(max_length=32)
+    patient_id = fields.CharField(max_length=32)
+    channel = fields.CharField(max_length=8)  # sms | email
+    mode = fields.CharField(max_length=16)  # sms | secure_sms | secure_email: what was sent
+    kind = fields.CharField(max_length=16, default="message", db_default="message")  # | reminder
+    status = fields.CharField(max_length=16)  # queued|sent|delivered|undelivered|failed|opted_out
+    provider_sid = fields.CharField(max_length=64, null=True, unique=True)  # Twilio MessageSid
+    error = fields.CharField(max_length=300, null=True)
+    fallback = fields.BooleanField(default=False, db_default=False)  # email after SMS failed
+    # Set just before the provider is called: a worker that finds it set (and no SID)
+    # asks the provider whether that send went through before sending again.
+    sending_since = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "deliveries"
+        unique_together = (("event_id", "channel", "kind"),)
+        indexes = (("conversation_id", "event_id"),)
+
+
+class OptOut(Model):
+    """A phone that answered STOP to one of our numbers: it gets no SMS from that number
+    until it answers START. Kept by phone, whether or not a patient has it yet."""
+
+    id = fields.BigIntField(primary_key=True)
+    phone_number_id = fields.CharField(max_length=32)
+    phone = fields.CharField(max_length=20)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "opt_outs"
+        unique_together = (("phone_number_id", "phone"),)
+
+
+class PortalLink(Model):
+    """A secure link sent to a patient (`/p/<token>`): only the keyed hash of its token is
+    stored. Bound to one patient and conversation; revoked by a newer link for the same
+    conversation; locked for a while after repeated wrong DOBs."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    org_id = fields.CharField(max_length=32)
+    patient_id = fields.CharField(max_length=32)
+    conversation_id = fields.CharField(max_length=32)
+    event_id = fields.CharField(max_length=32, null=True)  # the message it announced
+    failed_checks = fields.IntField(default=0, db_default=0)
+    locked_until = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "portal_links"
+        indexes = (("conversation_id", "patient_id"),)
+
+
+class PortalSession(Model):
+    """A patient's session in the portal, started by a link (and their DOB): a cookie
+    holding a token whose keyed hash is stored. Idle and absolute timeouts."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    link_id = fields.CharField(max_length=32)
+    org_id = fields.CharField(max_length=32)
+    patient_id = fields.CharField(max_length=32)
+    conversation_id = fields.CharField(max_length=32)
+    created_at = fields.DatetimeField()
+    last_seen_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()  # the absolute end
+    ended_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "portal_sessions"
+
+
+class PortalTicket(Model):
+    """A one-time ticket (60 s) for the portal page's websocket: its keyed hash."""
+
+    token_hash = fields.CharField(max_length=64, primary_key=True)
+    session_id = fields.CharField(max_length=32)
+    expires_at = fields.DatetimeField()
+    used_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "portal_tickets"

@@ -55,14 +55,26 @@ class Sql:
 
 async def participant_kinds(
     conn: BaseDBAsyncClient, conversation_ids: Sequence[str], user_ids: Sequence[str]
-) -> dict[tuple[str, str], str]:
+) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
+    """(conversation, user) -> participant kind for these users; and conversation ->
+    its patient, for those that have one (patient conversations), in the same read."""
     sql = Sql(conn)
     rows = await sql.rows(
         "SELECT conversation_id, user_id, kind FROM participants"
         f" WHERE conversation_id IN ({sql.params(conversation_ids)})"
-        f" AND user_id IN ({sql.params(user_ids)})"
+        f" AND (user_id IN ({sql.params(user_ids)}) OR kind = 'patient')"
     )
-    return {(row["conversation_id"], row["user_id"]): row["kind"] for row in rows}
+    patients = {row["conversation_id"]: row["user_id"] for row in rows
+                if row["kind"] == "patient"}
+    return {(row["conversation_id"], row["user_id"]): row["kind"] for row in rows}, patients
+
+
+PATIENT_MESSAGE = "patient_message"  # the outbox purpose of a message to notify a patient of
+
+
+def outbox_id_for(event_id: str) -> str:
+    """The outbox row that notifies the patient of a message: one per event, by its id."""
+    return f"ob_{event_id}"
 
 
 async def events_by_client_id(
@@ -146,6 +158,9 @@ _APPEND_TEXT = ("id", "conversation_id", "kind", "sender_id", "sender_name", "bo
 #   (participants, receipts) unblocked.
 # - `moved`: each last_seq moves by its number of new events; the events are numbered
 #   from the old value in input order.
+# - `notified`: a staff message in a patient conversation (the only kind with a patient
+#   participant) queues its notification in the outbox, in this same statement: a crash
+#   after the commit loses no notification, and nothing is added while the locks are held.
 # Inputs are arrays (text: a boolean[] costs asyncpg a type introspection on every new
 # connection), so the text, and asyncpg's prepared statement, is the same for any batch.
 _APPEND_POSTGRES = f"""
@@ -176,6 +191,15 @@ moved AS (
     FROM counts JOIN locked ON locked.id = counts.conversation_id
     WHERE c.id = counts.conversation_id
     RETURNING c.id, c.last_seq - counts.n AS base
+),
+notified AS (
+    INSERT INTO outbox (id, channel, purpose, recipient, payload, status, attempts,
+                        next_attempt_at, created_at)
+    SELECT 'ob_' || a.id, 'patient', '{PATIENT_MESSAGE}', p.user_id,
+           jsonb_build_object('event_id', a.id), 'pending', 0, $11, $11
+    FROM accepted AS a JOIN moved ON moved.id = a.conversation_id
+    JOIN participants AS p ON p.conversation_id = a.conversation_id AND p.kind = 'patient'
+    WHERE a.kind = 'message' AND a.sender_kind <> 'patient'
 )
 INSERT INTO events ({", ".join(EVENT_COLUMNS)})
 SELECT a.id, a.conversation_id,
@@ -203,7 +227,7 @@ async def _append_sqlite(
     """SQLite has one writer per database: the checks read first, then the UPDATE takes
     the write lock, held for the INSERT and the commit, on this process's connection."""
     async with in_transaction(conn.connection_name) as tx:
-        kinds = await participant_kinds(
+        kinds, patients = await participant_kinds(
             tx, list({r["conversation_id"] for r in rows}), list({r["sender_id"] for r in rows})
         )
         used = {
@@ -241,7 +265,28 @@ async def _append_sqlite(
                 inserts.append({**row, "seq": next_seq[cid], "sender_kind": kind,
                                 "created_at": now})
         await insert_events(tx, inserts)
+        # As `notified` on PostgreSQL; one more statement, only for patient conversations.
+        await _queue_patient_messages(tx, [
+            (row["id"], patients[row["conversation_id"]]) for row in inserts
+            if row["conversation_id"] in patients and row["kind"] == "message"
+            and row["sender_kind"] != "patient"], now)
     return stored
+
+
+async def _queue_patient_messages(
+    conn: BaseDBAsyncClient, pairs: Sequence[tuple[str, str]], now: datetime
+) -> None:
+    if not pairs:
+        return
+    sql = Sql(conn)
+    moment = sql.moment(now)
+    groups = []
+    for event_id, patient_id in pairs:
+        values = [outbox_id_for(event_id), "patient", PATIENT_MESSAGE, patient_id,
+                  json.dumps({"event_id": event_id}), "pending", 0, moment, moment]
+        groups.append(f"({sql.params(values)})")
+    await sql.run("INSERT INTO outbox (id, channel, purpose, recipient, payload, status,"
+                  f" attempts, next_attempt_at, created_at) VALUES {', '.join(groups)}")
 
 
 async def claim_outbox(
@@ -327,3 +372,33 @@ async def substring_search(trigrams_usable: bool) -> AsyncIterator[BaseDBAsyncCl
             "SET LOCAL plan_cache_mode = force_custom_plan"
             + ("; SET LOCAL enable_indexscan = off" if trigrams_usable else ""))
         yield conn
+
+
+async def patient_contact(conn: BaseDBAsyncClient, conversation_id: str) -> dict[str, Any] | None:
+    """A patient conversation's channel and its patient's phone and email, in one read."""
+    sql = Sql(conn)
+    rows = await sql.rows(
+        "SELECT c.channel, pt.phone, pt.email FROM conversations AS c"
+        " JOIN participants AS p ON p.conversation_id = c.id AND p.kind = 'patient'"
+        " JOIN patients AS pt ON pt.id = p.user_id"
+        f" WHERE c.id = {sql.param(conversation_id)} LIMIT 1"
+    )
+    return rows[0] if rows else None
+
+
+async def latest_patient_conversation(
+    conn: BaseDBAsyncClient, phone_number_id: str, patient_ids: Sequence[str]
+) -> tuple[str, str] | None:
+    """(conversation id, patient id) of the most recent patient conversation on this
+    number whose patient is one of `patient_ids`: that patient's "open conversation"."""
+    if not patient_ids:
+        return None
+    sql = Sql(conn)
+    rows = await sql.rows(
+        "SELECT c.id, p.user_id FROM conversations AS c"
+        " JOIN participants AS p ON p.conversation_id = c.id AND p.kind = 'patient'"
+        f" WHERE c.kind = 'patient' AND c.phone_number_id = {sql.param(phone_number_id)}"
+        f" AND p.user_id IN ({sql.params(patient_ids)})"
+        " ORDER BY c.created_at DESC, c.id DESC LIMIT 1"
+    )
+    return (rows[0]["id"], rows[0]["user_id"]) if rows else None

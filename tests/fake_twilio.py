@@ -4,6 +4,7 @@ It serves, with Twilio's paths and JSON shapes and HTTP Basic auth:
 - GET  /2010-04-01/Accounts/{Sid}/AvailablePhoneNumbers/{Country}/Local.json?AreaCode=…
 - POST /2010-04-01/Accounts/{Sid}/IncomingPhoneNumbers.json   (buys an available number)
 - POST /2010-04-01/Accounts/{Sid}/Messages.json               (accepts an SMS: 201 queued)
+- GET  /2010-04-01/Accounts/{Sid}/Messages.json?To=…&From=…   (what it accepted, newest first)
 and Twilio's error JSON (`{"code", "message", "more_info", "status"}`) otherwise.
 
 Use:
@@ -45,7 +46,7 @@ from starlette.routing import Route
 
 from tests.services import find_free_port
 
-KINDS = ("available", "buy", "messages")
+KINDS = ("available", "buy", "messages", "list")
 API = "/2010-04-01"
 START_SECONDS = 10.0
 STOP_SECONDS = 10.0
@@ -85,6 +86,7 @@ class ReceivedMessage:
     body: str
     status_callback: str | None
     form: dict[str, str] = field(repr=False)
+    created: datetime = field(default_factory=lambda: datetime.now(UTC), repr=False)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ class FakeTwilio:
                   methods=["GET"]),
             Route(account + "/IncomingPhoneNumbers.json", self._buy, methods=["POST"]),
             Route(account + "/Messages.json", self._send, methods=["POST"]),
+            Route(account + "/Messages.json", self._list_messages, methods=["GET"]),
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
@@ -398,19 +401,39 @@ class FakeTwilio:
             return self._answer("messages", _error(400, *problem))
         message = ReceivedMessage(sid="SM" + secrets.token_hex(16), to=to, from_=from_,
                                   body=body_text, status_callback=form.get("StatusCallback"),
-                                  form=form)
+                                  form=form, created=datetime.now(UTC))
         with self._lock:
             self._messages.append(message)
-        now = _twilio_date(datetime.now(UTC))
-        body = {
-            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": body_text,
-            "date_created": now, "date_sent": None, "date_updated": now,
-            "direction": "outbound-api", "error_code": None, "error_message": None,
-            "from": from_, "messaging_service_sid": None, "num_media": "0",
-            "num_segments": "1", "price": None, "price_unit": "USD", "sid": message.sid,
-            "status": "queued", "to": to,
+        return self._answer("messages", JSONResponse(self._message_json(message),
+                                                     status_code=201))
+
+    def _message_json(self, message: ReceivedMessage) -> dict[str, Any]:
+        when = _twilio_date(message.created)
+        return {
+            "account_sid": self.account_sid, "api_version": "2010-04-01",
+            "body": message.body, "date_created": when, "date_sent": None,
+            "date_updated": when, "direction": "outbound-api", "error_code": None,
+            "error_message": None, "from": message.from_, "messaging_service_sid": None,
+            "num_media": "0", "num_segments": "1", "price": None, "price_unit": "USD",
+            "sid": message.sid, "status": "queued", "to": message.to,
             "subresource_uris": {"media": f"{API}/Accounts/{self.account_sid}/Messages/"
                                           f"{message.sid}/Media.json"},
             "uri": f"{API}/Accounts/{self.account_sid}/Messages/{message.sid}.json",
         }
-        return self._answer("messages", JSONResponse(body, status_code=201))
+
+    async def _list_messages(self, request: Request) -> Response:
+        """Messages, newest first, filtered by `To` and `From` as Twilio does."""
+        refused = await self._guard("list", request)
+        if refused is not None:
+            return self._answer("list", refused)
+        to, from_ = request.query_params.get("To"), request.query_params.get("From")
+        size = min(int(request.query_params.get("PageSize", "50")), 1000)
+        with self._lock:
+            found = [m for m in reversed(self._messages)
+                     if (to is None or m.to == to) and (from_ is None or m.from_ == from_)]
+        uri = f"{API}/Accounts/{self.account_sid}/Messages.json"
+        return self._answer("list", JSONResponse({
+            "messages": [self._message_json(m) for m in found[:size]],
+            "page": 0, "page_size": size, "first_page_uri": uri, "next_page_uri": None,
+            "previous_page_uri": None, "uri": uri, "start": 0, "end": len(found[:size]),
+        }))

@@ -115,6 +115,15 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
      (201, 201, 404, 404, 403, 401)),
     ("GET", "/api/v1/conversations/{patient_conversation}", None,
      (200, 200, 404, 404, 404, 401)),
+    ("PATCH", "/api/v1/conversations/{patient_conversation}", {"channel": "secure_sms"},
+     (200, 200, 404, 404, 404, 401)),
+    # The portal: only a link and its session cookie open it, never a bearer token.
+    ("GET", "/p/{invite}", None, (404, 404, 404, 404, 404, 404)),
+    ("POST", "/p/{invite}", None, (404, 404, 404, 404, 404, 404)),
+    ("POST", "/portal/ws-ticket", None, (401, 401, 401, 401, 401, 401)),
+    # Twilio's webhooks: no bearer token opens them, only Twilio's signature.
+    ("POST", "/webhooks/twilio/sms", None, (403, 403, 403, 403, 403, 403)),
+    ("POST", "/webhooks/twilio/status", None, (403, 403, 403, 403, 403, 403)),
     ("GET", "/healthz", None, (200, 200, 200, 200, 200, 200)),
     ("GET", "/readyz", None, (200, 200, 200, 200, 200, 200)),
     ("GET", "/metrics", None, (404, 404, 404, 404, 404, 404)),  # METRICS_TOKEN unset

@@ -156,18 +156,19 @@ class PatientSendGate:
         self._kinds: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._plans: dict[str, tuple[bool, float]] = {}
 
-    async def check(self, conversation_id: str) -> None:
+    async def check(self, conversation_id: str) -> bool:
+        """402 for a patient conversation the plan does not allow; True when it is one."""
         known = self._kinds.get(conversation_id)
         if known is None:
             row = await Conversation.filter(id=conversation_id).values_list("org_id", "kind")
             if not row:
-                return  # the send path answers not_found
+                return False  # the send path answers not_found
             known = self._kinds[conversation_id] = (row[0][0], row[0][1])
             if len(self._kinds) > self._size:
                 self._kinds.popitem(last=False)
         org_id, kind = known
         if kind != "patient":
-            return
+            return False
         allowed, until = self._plans.get(org_id, (False, 0.0))
         if until < time.monotonic():
             org = await Org.get(id=org_id)
@@ -175,6 +176,7 @@ class PatientSendGate:
             self._plans[org_id] = (allowed, time.monotonic() + self._ttl)
         if not allowed:
             raise ApiError("plan_required", PLAN_REQUIRED_MESSAGE)
+        return True
 
 
 async def admin_joins(actor: Actor, conversation_id: str) -> bool:

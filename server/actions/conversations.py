@@ -9,13 +9,14 @@ from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic, user_topic
-from server.actions import access, externals, phone_numbers
+from server.actions import access, delivery, externals, phone_numbers
 from server.actions import patients as patients_actions
 from server.actions.context import Actor, Services
 from server.actions.orgs import allows_patients, require_patient_plan
 from server.actions.views import conversation_view, event_view, participant_view
 from server.errors import ApiError, invalid, not_found
 from server.ids import iso, new_id, utcnow
+from storage import db, queries
 from storage.models import Conversation, Event, Org, Participant, PhoneNumber, User
 
 SYNC_LIMIT = 1000  # events per conversation per `sync` call (the contract's bound)
@@ -209,6 +210,44 @@ async def _create_patient_conversation(
     return view
 
 
+async def update_conversation(
+    svc: Services, actor: Actor, conversation_id: str, *, subject: str | None,
+    channel: str | None, named: set[str],
+) -> dict[str, Any]:
+    """Rename a conversation (its staff), or switch a patient conversation's channel:
+    the patient must have what the channel needs. Its staff get a `conversation` frame."""
+    if actor.user.kind not in ("member", "bot"):
+        raise not_found("conversation")
+    conversation, _ = await access.conversation_access(actor, conversation_id)
+    changes: dict[str, Any] = {}
+    if "subject" in named:
+        changes["subject"] = (subject or "").strip() or None
+    if "channel" in named:
+        if conversation.kind != "patient":
+            raise invalid("channel is for conversations with a patient",
+                          channel="only in a patient conversation")
+        if channel is None:
+            raise invalid("channel is secure_sms, sms or secure_email",
+                          channel="secure_sms, sms or secure_email")
+        contact = await queries.patient_contact(db.connection(), conversation.id)
+        if contact is not None:
+            if channel in ("sms", "secure_sms") and not contact["phone"]:
+                raise invalid("this patient has no phone: choose secure_email or add a "
+                              "phone", channel="patient has no phone")
+            if channel == "secure_email" and not contact["email"]:
+                raise invalid("this patient has no email: choose SMS or add an email",
+                              channel="patient has no email")
+        changes["channel"] = channel
+    if changes:
+        await Conversation.filter(id=conversation.id).update(**changes, updated_at=utcnow())
+    staff = await Participant.filter(conversation_id=conversation.id).exclude(
+        kind="patient").values_list("user_id", flat=True)
+    for uid in staff:
+        (view,) = await conversation_views([conversation.id], viewer_id=uid)
+        svc.hub.publish(user_topic(uid), {"type": "conversation", "conversation": view})
+    return (await conversation_views([conversation.id], viewer_id=actor.id))[0]
+
+
 async def conversation_views(ids: list[str], *, viewer_id: str) -> list[dict[str, Any]]:
     """Conversations as `viewer_id` sees them (their own read_seq), in the order given."""
     rows = {c.id: c for c in await Conversation.filter(id__in=ids)}
@@ -297,13 +336,23 @@ async def get_conversation(svc: Services, actor: Actor, conversation_id: str) ->
     return (await _views([conversation], actor.id))[0]
 
 
-async def read_events(conversation_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+async def read_events(conversation_id: str, after: int, limit: int, *,
+                      patient: bool = False) -> list[dict[str, Any]]:
+    """Stored events after `after`; in a patient conversation (`patient`), staff messages
+    carry their `deliveries` to the patient."""
     events = (
         await Event.filter(conversation_id=conversation_id, seq__gt=after)
         .order_by("seq")
         .limit(limit)
     )
-    return [event_view(e) for e in events]
+    views = [event_view(e) for e in events]
+    if patient:
+        staff = [v for v in views if v["kind"] == "message" and v["sender"]
+                 and v["sender"]["kind"] != "patient"]
+        found = await delivery.deliveries_of(conversation_id, [v["id"] for v in staff])
+        for view in staff:
+            view["deliveries"] = found.get(view["id"], [])
+    return views
 
 
 async def read_gap(conversation_id: str, after: int, before: int) -> list[dict[str, Any]]:
@@ -314,8 +363,9 @@ async def read_gap(conversation_id: str, after: int, before: int) -> list[dict[s
 async def list_events(
     svc: Services, actor: Actor, conversation_id: str, *, after: int, limit: int
 ) -> dict[str, Any]:
-    await access.conversation_access(actor, conversation_id)
-    events = await read_events(conversation_id, after, limit)
+    conversation, _ = await access.conversation_access(actor, conversation_id)
+    events = await read_events(conversation_id, after, limit,
+                               patient=conversation.kind == "patient")
     last_seq = await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
     return {"events": events, "last_seq": last_seq[0] if last_seq else 0}
 
@@ -325,6 +375,14 @@ async def mark_read(svc: Services, actor: Actor, conversation_id: str, seq: int)
     participant = await membership(actor, conversation_id)
     if seq < 0:
         raise invalid("seq must be at least 0", seq=">= 0")
+    await store_receipt(svc, participant, actor.user.name, seq)
+
+
+async def store_receipt(svc: Services, participant: Participant, name: str, seq: int) -> None:
+    """Move a participant's read position forward to `seq` (at most the last event) and
+    tell the others with a `receipt`; an old or repeated receipt changes nothing."""
+    conversation_id: str = participant.conversation_id  # type: ignore[attr-defined]
+    user_id: str = participant.user_id  # type: ignore[attr-defined]
     last_seq = (
         await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
     )[0]
@@ -342,11 +400,11 @@ async def mark_read(svc: Services, actor: Actor, conversation_id: str, seq: int)
         {
             "type": "receipt",
             "conversation_id": conversation_id,
-            "participant": {"id": actor.id, "kind": participant.kind, "name": actor.user.name},
+            "participant": {"id": user_id, "kind": participant.kind, "name": name},
             "seq": seq,
             "at": iso(now),
         },
-        skip_user=actor.id,
+        skip_user=user_id,
     )
 
 
@@ -375,8 +433,11 @@ async def sync(
         raise ApiError("not_found", "conversation not found", {"conversation_ids": unknown})
     events: list[dict[str, Any]] = []
     more: list[str] = []
+    patient = set(await Conversation.filter(id__in=list(since), kind="patient")
+                  .values_list("id", flat=True))
     for conversation_id, seq in since.items():
-        batch = await read_events(conversation_id, seq, SYNC_LIMIT + 1)
+        batch = await read_events(conversation_id, seq, SYNC_LIMIT + 1,
+                                  patient=conversation_id in patient)
         if len(batch) > SYNC_LIMIT:
             more.append(conversation_id)
             batch = batch[:SYNC_LIMIT]

@@ -27,7 +27,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from realtime.hub import conversation_topic
-from server.actions import access
+from server.actions import access, delivery
 from server.actions.context import Actor, Services
 from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
@@ -263,16 +263,24 @@ async def send_message(
     if not client_id or len(client_id) > 64:
         raise invalid("client_id is 1 to 64 characters", client_id="1..64 characters")
     assert svc.batcher is not None
-    if svc.patient_gate is not None:
-        await svc.patient_gate.check(conversation_id)  # 402 for patients on the free plan
+    notifies = False
+    if svc.patient_gate is not None and await svc.patient_gate.check(conversation_id):
+        # 402 above for patients on the free plan; here 422 if the patient cannot be
+        # reached on the conversation's channel (a staff message notifies the patient).
+        if actor.user.kind != "patient":
+            await delivery.require_contact(conversation_id)
+            notifies = True
     try:
-        return await svc.batcher.submit(actor, conversation_id, client_id, body)
+        result = await svc.batcher.submit(actor, conversation_id, client_id, body)
     except ApiError as exc:
         # An admin may post in any patient conversation of their organisation: they
         # join it first (rare, so only looked up when the send path said not_found).
-        if exc.code == "not_found" and await access.admin_joins(actor, conversation_id):
-            return await svc.batcher.submit(actor, conversation_id, client_id, body)
-        raise
+        if exc.code != "not_found" or not await access.admin_joins(actor, conversation_id):
+            raise
+        result = await svc.batcher.submit(actor, conversation_id, client_id, body)
+    if notifies and result[1] and svc.outbox is not None:
+        svc.outbox.notify()  # its notification is queued: send it now, not at the next poll
+    return result
 
 
 async def append_event(

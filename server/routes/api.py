@@ -15,6 +15,7 @@ from server.http import (
     encode_cursor,
     int_param,
     parse,
+    parse_patch,
     path_id,
     query_id,
     route,
@@ -190,6 +191,17 @@ async def get_conversation(request: Request) -> Response:
     actor = await actor_of(request)
     return JSON(await conversations.get_conversation(
         services(request), actor, path_id(request, "conversation_id")))
+
+
+@route("PATCH", f"{API}/conversations/{{conversation_id}}", "Change a conversation's "
+       "subject, or a patient conversation's channel (addition)",
+       body=s.ConversationPatchBody, response=s.Conversation, errors=(401, 402, 403, 404, 422))
+async def patch_conversation(request: Request) -> Response:
+    actor = await actor_of(request)
+    body, named = await parse_patch(request, s.ConversationPatchBody)
+    return JSON(await conversations.update_conversation(
+        services(request), actor, path_id(request, "conversation_id"),
+        subject=body.subject, channel=body.channel, named=named))
 
 
 @route("POST", f"{API}/conversations/{{conversation_id}}/messages",

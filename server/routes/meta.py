@@ -76,7 +76,7 @@ async def openapi(request: Request) -> Response:
 def openapi_document(server_url: str) -> dict[str, Any]:
     types: list[type] = [s.Error]
     for spec in ROUTES:
-        for t in (spec.body, spec.response):
+        for t in (spec.body, spec.response, spec.form):
             if isinstance(t, tuple):  # one of several shapes
                 types.extend(t)
             elif t is not None:
@@ -113,6 +113,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "type": "object", "required": ["file"],
                     "properties": {"file": {"type": "string", "format": "binary"}}}},
             }}
+        if spec.form is not None:
+            op["requestBody"] = {"required": True, "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"$ref": f"#/components/schemas/{spec.form.__name__}"}}}}
         success: dict[str, Any] = {"description": "success"}
         if isinstance(spec.response, tuple):
             success["content"] = {spec.content_type: {"schema": {"anyOf": [
@@ -133,9 +137,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             statuses.add(401)
         for status in sorted(statuses):
             codes = [c for c, st in STATUS_BY_CODE.items() if st == status]
+            # An HTML page answers its errors with a page; its API errors stay JSON.
+            page = spec.content_type == "text/html" and status != 401
             op["responses"][str(status)] = {
                 "description": ", ".join(codes) or "error",
-                "content": {"application/json": {"schema": error_ref}},
+                "content": {"text/html": {"schema": {"type": "string"}}} if page
+                else {"application/json": {"schema": error_ref}},
             }
         if spec.auth:
             op["security"] = [{"bearer": []}]

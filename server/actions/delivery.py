@@ -1,0 +1,311 @@
+"""Delivery of patient-conversation messages to the patient, and its state.
+
+The send statement queues one outbox row per staff message in a patient conversation
+(storage/queries.py, `notified`). The outbox worker hands such a row to `PatientMessages`:
+`prepare` turns it into what to send, by the conversation's channel:
+
+- `sms`: the text itself, from the team's number (staff were warned: no PHI);
+- `secure_sms`: only "New secure message from {organisation}: {link}";
+- `secure_email`: only the organisation's name and the link, to the patient's email.
+
+and `record` keeps the outcome on the message's `Delivery` (the provider's SID first,
+before the outbox row is acknowledged) and tells staff with a `delivery` frame. A secure
+SMS refused for good falls back to a secure email when the patient has an email.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import datetime
+from typing import Any
+
+from channels.sender import Outbound, SendResult
+from realtime.hub import Hub, conversation_topic
+from server.actions import portal_links
+from server.config import Settings
+from server.errors import ApiError
+from server.ids import iso, new_id, utcnow
+from storage import db, queries
+from storage.models import (
+    Conversation,
+    Delivery,
+    Event,
+    OptOut,
+    Org,
+    OutboxMessage,
+    Patient,
+    PhoneNumber,
+)
+from storage.queries import PATIENT_MESSAGE, outbox_id_for
+
+log = logging.getLogger("bloomtext.delivery")
+
+# A status only moves forward: a late or repeated callback never undoes a later one.
+RANK = {"queued": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2, "opted_out": 2}
+TWILIO_STATUS = {  # Twilio's MessageStatus -> ours
+    "accepted": "queued", "scheduled": "queued", "queued": "queued", "sending": "sent",
+    "sent": "sent", "delivered": "delivered", "read": "delivered",
+    "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
+}
+OPTED_OUT_CODE = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
+SECURE_SMS_TEXT = "New secure message from {org}: {link}"
+
+
+def delivery_view(d: Delivery) -> dict[str, Any]:
+    view = {"recipient_id": d.patient_id, "channel": d.channel, "status": d.status,
+            "at": iso(d.updated_at)}
+    if d.fallback:
+        view["fallback"] = True
+    if d.error and d.status in ("failed", "undelivered"):
+        view["error"] = d.error
+    return view
+
+
+def delivery_frame(d: Delivery) -> dict[str, Any]:
+    return {"type": "delivery", "conversation_id": d.conversation_id,
+            "message_id": d.event_id, **delivery_view(d)}
+
+
+async def deliveries_of(conversation_id: str, event_ids: list[str]
+                        ) -> dict[str, list[dict[str, Any]]]:
+    """event id -> its deliveries, for message events shown with their state."""
+    if not event_ids:
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for d in await Delivery.filter(conversation_id=conversation_id, event_id__in=event_ids,
+                                   kind="message").order_by("created_at"):
+        found.setdefault(d.event_id, []).append(delivery_view(d))
+    return found
+
+
+async def require_contact(conversation_id: str) -> None:
+    """Before a staff message in a patient conversation is stored: the patient must have
+    what the conversation's channel needs (422 naming `channel` otherwise)."""
+    found = await queries.patient_contact(db.connection(), conversation_id)
+    if found is None:
+        return  # not a patient conversation any more: the send path decides
+    channel = found["channel"] or "secure_sms"
+    if channel in ("sms", "secure_sms") and not found["phone"]:
+        raise ApiError("invalid", "this patient has no mobile phone: add one to their "
+                       "profile, or switch the conversation to secure email",
+                       {"fields": {"channel": "patient has no phone"}})
+    if channel == "secure_email" and not found["email"]:
+        raise ApiError("invalid", "this patient has no email address: add one to their "
+                       "profile, or switch the conversation to SMS",
+                       {"fields": {"channel": "patient has no email"}})
+
+
+async def opted_out(number_id: str, phone: str) -> bool:
+    return await OptOut.exists(phone_number_id=number_id, phone=phone)
+
+
+def secure_mail(org_name: str, link: str) -> dict[str, str]:
+    """The secure email: the organisation's name and the link, nothing else."""
+    e = html.escape
+    subject = f"New secure message from {org_name}"
+    text = (f"You have a new secure message from {org_name}.\n\n"
+            f"Open it here: {link}\n\n"
+            "The link is personal: please do not forward this email.\n")
+    body = (f"<!doctype html><html><body style=\"font-family:sans-serif;line-height:1.5\">"
+            f"<p>You have a new secure message from <strong>{e(org_name)}</strong>.</p>"
+            f"<p><a href=\"{e(link)}\" style=\"display:inline-block;padding:10px 16px;"
+            f"background:#1d4ed8;color:#fff;text-decoration:none;border-radius:6px\">"
+            f"Read the message</a></p>"
+            f"<p style=\"color:#555;font-size:13px\">The link is personal: please do not "
+            f"forward this email.</p></body></html>")
+    return {"subject": subject, "text": text, "html": body}
+
+
+class PatientMessages:
+    """The outbox worker's handler for `patient_message` rows (see the module's doc)."""
+
+    purpose = PATIENT_MESSAGE
+
+    def __init__(self, settings: Settings, hub: Hub, sms_lookup: Any = None) -> None:
+        self._settings = settings
+        self._hub = hub
+        # The SMS sender, when it can say whether a send went through (after a crash).
+        self._sms_lookup = sms_lookup
+        self._working: dict[str, str] = {}  # outbox row id -> its delivery, prepare..record
+
+    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult:
+        payload = row.payload or {}
+        event = await Event.get_or_none(id=payload.get("event_id", ""))
+        if event is None or event.recalled:
+            return SendResult("cancelled", error="the message was recalled")
+        conversation = await Conversation.get(id=event.conversation_id)  # type: ignore[attr-defined]
+        patient = await Patient.get_or_none(id=row.recipient)
+        if patient is None:
+            return SendResult("permanent", error="the patient no longer exists")
+        mode = payload.get("mode") or conversation.channel or "secure_sms"
+        channel = "email" if mode == "secure_email" else "sms"
+        delivery = await self._delivery(row, event, conversation, channel, mode,
+                                        fallback=bool(payload.get("fallback")))
+        self._working[row.id] = delivery.id
+        if delivery.provider_sid or delivery.status == "sent":
+            # Already sent (the worker died after recording it): acknowledge, never resend.
+            return SendResult("sent", provider_id=delivery.provider_sid)
+        if delivery.status != "queued":  # settled earlier (opted out, failed): nothing to do
+            return SendResult("cancelled", error=f"already {delivery.status}")
+        org = await Org.get(id=conversation.org_id)  # type: ignore[attr-defined]
+        if channel == "email":
+            if not patient.email:
+                return SendResult("permanent", error="the patient has no email address")
+            link = await self._link(conversation, patient, event)
+            mail = secure_mail(org.name, link)
+            return await self._sending(delivery, Outbound(
+                id=row.id, channel="email", purpose=row.purpose, to=patient.email,
+                subject=mail["subject"], text=mail["text"], html=mail["html"]))
+        number = await PhoneNumber.get_or_none(id=conversation.phone_number_id or "")
+        if number is None:
+            return SendResult("permanent", error="the conversation's number is gone")
+        if not patient.phone:
+            return SendResult("permanent", error="the patient has no mobile phone")
+        if await opted_out(number.id, patient.phone):
+            await self._move(delivery, "opted_out", error="the patient replied STOP")
+            return SendResult("cancelled", error="opted out")
+        if delivery.sending_since is not None and self._sms_lookup is not None:
+            # A worker died during this send: did Twilio take it? Then never send twice.
+            sid = await self._sms_lookup.find_sent(patient.phone, number.number,
+                                                   delivery.sending_since)
+            if sid:
+                return SendResult("sent", provider_id=sid)
+        if mode == "sms":
+            text = event.body or ""
+        else:
+            text = SECURE_SMS_TEXT.format(org=org.name,
+                                          link=await self._link(conversation, patient, event))
+        return await self._sending(delivery, Outbound(
+            id=row.id, channel="sms", purpose=row.purpose, to=patient.phone, text=text,
+            from_number=number.number,
+            status_callback=f"{self._settings.public_url}/webhooks/twilio/status"))
+
+    async def record(self, row: OutboxMessage, message: Outbound | None,
+                     result: SendResult, final: bool) -> None:
+        """Keep the outcome on the delivery before the worker acknowledges the row.
+        `final`: the worker will not try this row again."""
+        delivery_id = self._working.pop(row.id, None)
+        delivery = await Delivery.get_or_none(id=delivery_id) if delivery_id else None
+        if delivery is None:
+            return
+        if result.status == "sent":
+            delivery.provider_sid = delivery.provider_sid or result.provider_id
+            delivery.sending_since = None
+            await self._move(delivery, "sent", save_anyway=True)
+            return
+        if result.status == "logged":  # no provider configured: say so, as a failure
+            delivery.sending_since = None
+            await self._move(delivery, "failed", error=result.error, save_anyway=True)
+            return
+        if result.status == "cancelled":
+            return
+        opted = f"twilio {OPTED_OUT_CODE}" in (result.error or "")
+        if message is not None and message.channel == "sms" and opted:
+            await self._opt_out_from(delivery, message)
+            await self._move(delivery, "opted_out", error="the patient replied STOP")
+            return
+        if result.status == "retryable" and not final:
+            if "no answer in time" not in (result.error or ""):
+                # The provider answered: it did not take the message.
+                delivery.sending_since = None
+                await delivery.save(update_fields=["sending_since", "updated_at"])
+            return
+        await self._move(delivery, "failed", error=result.error)
+        if delivery.mode == "secure_sms":
+            await self._fall_back(delivery)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _delivery(self, row: OutboxMessage, event: Event, conversation: Conversation,
+                        channel: str, mode: str, *, fallback: bool) -> Delivery:
+        found = await Delivery.get_or_none(event_id=event.id, channel=channel, kind="message")
+        if found is not None:
+            return found
+        now = utcnow()
+        delivery = Delivery(
+            id=new_id("dl"), org_id=conversation.org_id,  # type: ignore[attr-defined]
+            event_id=event.id, conversation_id=conversation.id, patient_id=row.recipient,
+            channel=channel, mode=mode, status="queued", fallback=fallback, created_at=now,
+            updated_at=now)
+        await delivery.save(force_create=True)
+        self._hub.publish(conversation_topic(conversation.id), delivery_frame(delivery))
+        return delivery
+
+    async def _link(self, conversation: Conversation, patient: Patient, event: Event) -> str:
+        return await portal_links.new_link(
+            self._settings, org_id=conversation.org_id,  # type: ignore[attr-defined]
+            patient_id=patient.id, conversation_id=conversation.id, event_id=event.id)
+
+    async def _sending(self, delivery: Delivery, message: Outbound) -> Outbound:
+        delivery.sending_since = utcnow()
+        await delivery.save(update_fields=["sending_since"])
+        return message
+
+    async def _move(self, delivery: Delivery, status: str, *, error: str | None = None,
+                    save_anyway: bool = False) -> None:
+        if RANK[status] > RANK[delivery.status] or (
+                status == delivery.status and save_anyway):
+            changed = status != delivery.status
+            delivery.status = status
+            delivery.error = (error or "")[:300] or delivery.error
+            delivery.updated_at = utcnow()
+            await delivery.save()
+            if changed:
+                self._hub.publish(conversation_topic(delivery.conversation_id),
+                                  delivery_frame(delivery))
+
+    async def _opt_out_from(self, delivery: Delivery, message: Outbound) -> None:
+        number = await PhoneNumber.get_or_none(number=message.from_number or "")
+        if number is not None:
+            await record_opt_out(number.id, message.to, utcnow())
+
+    async def _fall_back(self, delivery: Delivery) -> None:
+        """A secure SMS failed for good: the same notice by secure email, when possible."""
+        patient = await Patient.get_or_none(id=delivery.patient_id)
+        if patient is None or not patient.email:
+            return
+        await enqueue_fallback(delivery)
+
+
+async def enqueue_fallback(delivery: Delivery) -> None:
+    row_id = outbox_id_for(delivery.event_id) + "_e"
+    if await OutboxMessage.exists(id=row_id):
+        return
+    now = utcnow()
+    await OutboxMessage.create(
+        id=row_id, org_id=delivery.org_id, channel="patient", purpose=PATIENT_MESSAGE,
+        recipient=delivery.patient_id, next_attempt_at=now, created_at=now,
+        payload={"event_id": delivery.event_id, "mode": "secure_email", "fallback": True})
+
+
+async def record_opt_out(number_id: str, phone: str, now: datetime) -> None:
+    if not await OptOut.exists(phone_number_id=number_id, phone=phone):
+        try:
+            await OptOut.create(phone_number_id=number_id, phone=phone, created_at=now)
+        except Exception:  # a concurrent STOP: already recorded
+            if not await OptOut.exists(phone_number_id=number_id, phone=phone):
+                raise
+
+
+async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str | None
+                       ) -> bool:
+    """A status callback: move the delivery with this SID forward (never backwards).
+    False when no delivery has that SID (an SMS this server did not send)."""
+    delivery = await Delivery.get_or_none(provider_sid=sid)
+    if delivery is None:
+        return False
+    status = TWILIO_STATUS.get(twilio_status.lower())
+    if status is None:
+        return True
+    error = f"twilio {error_code}" if error_code else None
+    if error_code == str(OPTED_OUT_CODE):
+        status = "opted_out"
+    if RANK[status] > RANK[delivery.status]:
+        delivery.status = status
+        delivery.error = error or delivery.error
+        delivery.updated_at = utcnow()
+        await delivery.save()
+        hub.publish(conversation_topic(delivery.conversation_id), delivery_frame(delivery))
+    return True
+

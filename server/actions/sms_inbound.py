@@ -1,0 +1,158 @@
+"""What Twilio posts to us: inbound SMS to a clinic's number, and status callbacks.
+
+An inbound SMS is a `message` event from the patient, stored by the send path's statement
+with Twilio's MessageSid as its client_id, so a redelivery is stored once. It lands in the
+patient's open conversation on that number (their most recent one), or a new one in that
+team's inbox; a phone no patient of the organisation has becomes a new patient marked
+unverified. STOP and Twilio's other opt-out words opt the phone out of SMS from that
+number, START and its synonyms opt back in, HELP is answered. The webhook answers only
+after what it carries is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from html import escape
+from typing import Any
+
+from tortoise.transactions import in_transaction
+
+from realtime.hub import conversation_topic, user_topic
+from server.actions import access, delivery, patients
+from server.actions.context import Services
+from server.actions.views import event_row_view
+from server.ids import new_id, utcnow
+from storage import db, queries
+from storage.models import (
+    Conversation,
+    OptOut,
+    Org,
+    Participant,
+    Patient,
+    PhoneNumber,
+    User,
+)
+
+log = logging.getLogger("bloomtext.sms")
+
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+START_WORDS = {"START", "UNSTOP", "YES"}
+HELP_WORDS = {"HELP", "INFO"}
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def twiml_message(text: str) -> str:
+    return ('<?xml version="1.0" encoding="UTF-8"?><Response><Message>'
+            f"{escape(text)}</Message></Response>")
+
+
+def keyword(body: str, opt_out_type: str) -> str | None:
+    """stop, start, help or None: Twilio's OptOutType when present, else the body."""
+    kind = opt_out_type.strip().upper()
+    word = body.strip().upper()
+    if kind == "STOP" or word in STOP_WORDS:
+        return "stop"
+    if kind == "START" or word in START_WORDS:
+        return "start"
+    if kind == "HELP" or word in HELP_WORDS:
+        return "help"
+    return None
+
+
+async def receive_sms(svc: Services, form: dict[str, str]) -> str:
+    """Store an inbound SMS; the TwiML to answer with."""
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    to, sender = form.get("To", ""), form.get("From", "")
+    body = form.get("Body", "")
+    number = await PhoneNumber.get_or_none(number=to)
+    if number is None or not sid:
+        log.warning("inbound SMS %s to a number this server does not have", sid or "-")
+        return EMPTY_TWIML
+    try:
+        phone = patients.normalise_phone(sender, svc.settings.default_region)
+    except ValueError:
+        log.warning("inbound SMS %s from an address that is not a phone number", sid)
+        return EMPTY_TWIML
+    now = utcnow()
+    word = keyword(body, form.get("OptOutType", ""))
+    if word == "stop":
+        await delivery.record_opt_out(number.id, phone, now)
+    elif word == "start":
+        await OptOut.filter(phone_number_id=number.id, phone=phone).delete()
+    org_id: str = number.org_id  # type: ignore[attr-defined]
+    patient, conversation = await _conversation_for(svc, number, org_id, phone)
+    await _store(svc, conversation, patient, sid, body or "(empty message)", form)
+    if word == "help":
+        org = await Org.get(id=org_id)
+        return twiml_message(f"{org.name}: you receive messages from your care team. "
+                             "Reply STOP to stop texts, START to receive them again.")
+    return EMPTY_TWIML
+
+
+async def _conversation_for(svc: Services, number: PhoneNumber, org_id: str, phone: str
+                            ) -> tuple[Patient, Conversation]:
+    """The open conversation on this number of a patient with this phone, or a new one
+    (and a new, unverified patient when no patient has the phone)."""
+    candidates = await Patient.filter(org_id=org_id, phone=phone, archived_at__isnull=True
+                                      ).order_by("created_at")
+    if candidates:
+        by_id = {p.id: p for p in candidates}
+        latest = await queries.latest_patient_conversation(db.connection(), number.id,
+                                                           list(by_id))
+        if latest is not None:
+            return by_id[latest[1]], await Conversation.get(id=latest[0])
+        patient = candidates[0]
+    else:
+        async with in_transaction():
+            patient = await patients.new_patient(org_id, {"phone": phone}, unverified=True)
+    return patient, await _new_conversation(svc, number, org_id, patient)
+
+
+async def _new_conversation(svc: Services, number: PhoneNumber, org_id: str,
+                            patient: Patient) -> Conversation:
+    team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
+    now = utcnow()
+    async with in_transaction():
+        conversation = await Conversation.create(
+            id=new_id("cv"), org_id=org_id, kind="patient", subject=None,
+            phone_number_id=number.id, channel="secure_sms", created_at=now, updated_at=now)
+        await Participant.bulk_create(
+            [Participant(conversation=conversation, user_id=patient.id, kind="patient",
+                         joined_at=now)]
+            + [Participant(conversation=conversation, user_id=uid, kind="member",
+                           joined_at=now) for uid in team])
+    from server.actions.conversations import conversation_views  # a cycle otherwise
+
+    for uid in team:
+        (view,) = await conversation_views([conversation.id], viewer_id=uid)
+        svc.hub.publish(user_topic(uid), {"type": "conversation", "conversation": view})
+    return conversation
+
+
+async def _store(svc: Services, conversation: Conversation, patient: Patient, sid: str,
+                 body: str, form: dict[str, str]) -> None:
+    user = await User.get(id=patient.id)
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": new_id("ev"), "conversation_id": conversation.id, "seq": 0, "kind": "message",
+        "sender_id": user.id, "sender_name": user.name, "sender_kind": None,
+        "body": body[:4000], "attachments": [], "client_id": sid[:64], "target_id": None,
+        "recalled": False, "created_at": now,
+    }
+    appended = await queries.append_messages(db.connection(), [row], now)
+    stored = appended.stored.get(row["id"])
+    if stored is None:
+        return  # a redelivery of a MessageSid already stored
+    row["seq"], row["sender_kind"] = stored
+    media = int(form.get("NumMedia", "0") or 0) if form.get("NumMedia", "0").isdigit() else 0
+    if media:
+        log.info("inbound SMS %s carried %d media item(s): not kept yet", sid, media)
+    svc.hub.publish(conversation_topic(conversation.id),
+                    {"type": "event", "event": event_row_view(row)})
+
+
+async def status_callback(svc: Services, form: dict[str, str]) -> None:
+    sid = form.get("MessageSid") or form.get("SmsSid") or ""
+    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+    if sid and status:
+        await delivery.apply_status(svc.hub, sid, status, form.get("ErrorCode") or None)
