@@ -178,8 +178,9 @@ async def test_directory_import_numbers_and_patient_conversation(
         await expect(page.get_by_test_id("conversation-title")).to_contain_text("Ada Lovelace")
         await expect(page.locator("[data-testid=participant][data-kind=patient]")).to_have_text(
             "Ada Lovelace")
-        await expect(page.get_by_test_id("channel-notice")).to_have_text(
+        await expect(page.get_by_test_id("channel-text")).to_have_text(
             f"Secure SMS (a link only) from {number} · Front desk.")
+        await expect(page.get_by_test_id("channel-switch")).to_have_value("secure_sms")
 
         # The New conversation box: a patient by phone (new to the directory), plain SMS.
         await page.get_by_test_id("new-conversation").click()
