@@ -326,18 +326,25 @@ class TwilioSmsSender:
             return SendResult("retryable", error="twilio: the answer named no message SID")
         return SendResult("sent", provider_id=sent.sid)
 
-    async def find_sent(self, to: str, from_number: str, since: datetime) -> str | None:
-        """The SID of a message from `from_number` to `to` that Twilio took at or after
-        `since`, if any: after a worker died mid-send, this says whether to send again.
+    async def find_sent(self, to: str, from_number: str, since: datetime
+                        ) -> list[SentSms]:
+        """Messages from `from_number` to `to` that Twilio took at or after `since`
+        (oldest first): after a worker died mid-send, they say whether to send again.
         Raises TelephonyError when Twilio cannot tell (then nothing is sent yet)."""
         try:
             found = await self._client.messages.list_async(to=to, from_=from_number,
-                                                           limit=20, page_size=20)
+                                                           limit=50, page_size=50)
         except (TwilioException, *_UNREACHABLE) as exc:
             raise _telephony_error(exc, "look up a message") from exc
         floor = since - timedelta(seconds=5)  # clocks differ a little
-        for message in found:
-            created = message.date_created
-            if message.sid and (created is None or created >= floor):
-                return message.sid
-        return None
+        return sorted(
+            (SentSms(m.sid, m.body or "", m.date_created) for m in found
+             if m.sid and m.date_created is not None and m.date_created >= floor),
+            key=lambda m: m.created)
+
+
+@dataclass(frozen=True)
+class SentSms:
+    sid: str
+    body: str
+    created: datetime

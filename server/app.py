@@ -165,8 +165,12 @@ def make_outbox(settings: Settings, hub: Hub) -> OutboxWorker:
     }
     # An external invitation's mail is held until its conversation's first message; a
     # patient message's notification is built when it is sent (delivery.PatientMessages).
-    return OutboxWorker(senders, before_round=[externals.release_due],
-                        handlers=[delivery.PatientMessages(settings, hub, sms_lookup=sms)])
+    return OutboxWorker(
+        senders,
+        before_round=[externals.release_due, lambda: delivery.queue_reminders(settings)],
+        handlers=[delivery.PatientMessages(settings, hub, sms_lookup=sms),
+                  delivery.PatientReminders(settings)],
+        lease_seconds=settings.outbox_lease_seconds)
 
 
 def make_numbers(settings: Settings) -> TwilioNumbers | None:

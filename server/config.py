@@ -55,6 +55,9 @@ KNOWN_VARIABLES = frozenset(
         "BLOOMTEXT_OUTBOX_WORKER",
         "BLOOMTEXT_MAX_IMPORT_BYTES",
         "BLOOMTEXT_TWILIO_TIMEOUT",
+        "BLOOMTEXT_OUTBOX_LEASE_SECONDS",
+        "BLOOMTEXT_REMINDER_AFTER_SECONDS",
+        "BLOOMTEXT_REMINDER_MAX",
     }
 )
 
@@ -113,6 +116,13 @@ class Settings:
     # Run the outbox worker inside the web process (the default); off when separate
     # `python -m server worker` processes do it.
     outbox_worker: bool = True
+    # How long a worker owns the rows it claimed: past it, another worker takes them over
+    # (after checking with Twilio whether an SMS in flight went out).
+    outbox_lease_seconds: float = 120.0
+    # A secure notice not viewed after this long gets a reminder (no PHI), at most
+    # `reminder_max` times, this far apart; 0 reminders: none.
+    reminder_after_seconds: float = 86400.0
+    reminder_max: int = 1
     ws_max_frame_bytes: int = 64 * 1024
 
     @property
@@ -284,6 +294,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         seats_trial=_seats(env, "SEATS_TRIAL", 50),
         seats_pro=_seats(env, "SEATS_PRO", None),
         outbox_worker=_outbox_worker(env),
+        outbox_lease_seconds=_float(env, "BLOOMTEXT_OUTBOX_LEASE_SECONDS", 120.0),
+        reminder_after_seconds=_float(env, "BLOOMTEXT_REMINDER_AFTER_SECONDS", 86400.0),
+        reminder_max=_int(env, "BLOOMTEXT_REMINDER_MAX", 1, minimum=0),
     )
 
 

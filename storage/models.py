@@ -332,6 +332,9 @@ class Delivery(Model):
     # Set just before the provider is called: a worker that finds it set (and no SID)
     # asks the provider whether that send went through before sending again.
     sending_since = fields.DatetimeField(null=True)
+    # Unread reminders queued for this (secure) notice, and when the last one was.
+    reminders = fields.IntField(default=0, db_default=0)
+    reminded_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
 

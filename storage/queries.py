@@ -402,3 +402,29 @@ async def latest_patient_conversation(
         " ORDER BY c.created_at DESC, c.id DESC LIMIT 1"
     )
     return (rows[0]["id"], rows[0]["user_id"]) if rows else None
+
+
+async def unread_notices_due(
+    conn: BaseDBAsyncClient, cutoff: datetime, max_reminders: int, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Secure notices (sent or delivered) whose patient has not viewed the message since
+    `cutoff` (the notice, or its last reminder, is older), with reminders left, the
+    message not recalled, and no newer notice in the conversation: {id, reminders}."""
+    sql = Sql(conn)
+    left = sql.param(max_reminders)  # `?` on SQLite: parameters in the order of the text
+    moment = sql.param(sql.moment(cutoff))
+    return await sql.rows(
+        "SELECT d.id, d.reminders FROM deliveries AS d"
+        " JOIN events AS e ON e.id = d.event_id"
+        " JOIN participants AS p ON p.conversation_id = d.conversation_id"
+        " AND p.user_id = d.patient_id"
+        " WHERE d.kind = 'message' AND d.mode IN ('secure_sms', 'secure_email')"
+        " AND d.status IN ('sent', 'delivered')"
+        f" AND d.reminders < {left}"
+        f" AND COALESCE(d.reminded_at, d.created_at) <= {moment}"
+        " AND NOT e.recalled AND p.read_seq < e.seq"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries AS newer"
+        " WHERE newer.conversation_id = d.conversation_id AND newer.kind = 'message'"
+        " AND newer.created_at > d.created_at)"
+        f" ORDER BY d.created_at LIMIT {sql.param(limit)}"
+    )

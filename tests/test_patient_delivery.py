@@ -5,8 +5,14 @@ states and status callbacks, opt-out, inbound SMS, fallback from SMS to email.""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +24,7 @@ from tests.mail import Mailbox
 from tests.test_invitations import mail_to
 from tests.test_patient_access import buy, clinic, team
 
+ROOT = Path(__file__).resolve().parent.parent
 CANARY = "CANARY-PHI-7731"
 LINK = re.compile(r"(https?://\S+/p/(pl_[A-Za-z0-9_-]{43}))")
 
@@ -303,3 +310,131 @@ async def test_twilio_refusals_opt_out_and_fall_back_to_email(
     await asyncio.sleep(0.5)
     assert [m for m in twilio.messages if m.to == phone] == []
     await ws.close()
+
+
+class TestWorkerKilledMidBatch:
+    """Real worker processes on PostgreSQL: one is killed while Twilio holds its requests
+    (Twilio takes the messages anyway); another takes the rows over after their lease.
+    Every message reaches its patient exactly once."""
+
+    @pytest.fixture
+    def server_env(self, twilio: FakeTwilio, mailbox: tuple[Mailbox, int]) -> dict[str, str]:
+        return {**twilio_env(twilio), **smtp_env(mailbox), "BLOOMTEXT_OUTBOX_WORKER": "off"}
+
+    @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+    @pytest.mark.parametrize("channel", ["sms", "secure_sms"])
+    async def test_no_second_sms_after_a_crash(
+        self, live_server: LiveServer, twilio: FakeTwilio, database_url: str, channel: str
+    ) -> None:
+        c = await Clinic(live_server, twilio).setup()
+        phones = [fresh_phone() for _ in range(5)]
+        conversations = [await c.conversation(await c.patient(phone=p), channel)
+                         for p in phones]
+        texts = [f"Notice {i} {uuid.uuid4().hex[:6]}" for i in range(30)]
+        for i, text in enumerate(texts):  # stored; no worker runs yet
+            r = await c.say(conversations[i % 5], text)
+            assert r.status_code == 201, r.text
+        before = len(twilio.messages)
+        for _ in range(12):  # the first batch hangs in Twilio: the kill lands mid-send
+            twilio.hang_next("messages", 1.5)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOOMTEXT_")}
+        env.update({**twilio_env(twilio), "DATABASE_URL": database_url,
+                    "PUBLIC_URL": live_server.base_url, "BLOOMTEXT_OUTBOX_LEASE_SECONDS": "2",
+                    "BLOOMTEXT_TWILIO_TIMEOUT": "10"})
+        first = subprocess.Popen([sys.executable, "-m", "server", "worker"], env=env, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):  # until its first requests are in Twilio's hands
+                if len(twilio.requests("messages")) > 0 or len(twilio.messages) > before:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        await asyncio.sleep(2.0)  # the hung requests complete: Twilio took those messages
+        second = subprocess.Popen([sys.executable, "-m", "server", "worker"], env=env,
+                                  cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(400):
+                if len(twilio.messages) - before >= len(texts):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(3.0)  # time for a duplicate to show, were there one
+        finally:
+            second.terminate()
+            second.wait(10)
+        received = [m for m in twilio.messages[before:] if m.to in phones]
+        assert len(received) == len(texts), [(m.to, m.body) for m in received]
+        if channel == "sms":
+            assert sorted(m.body for m in received) == sorted(texts)
+        for i, cid in enumerate(conversations):
+            r = await live_server.http.get(f"/api/v1/conversations/{cid}/events",
+                                           headers=c.member.headers)
+            statuses = [d["status"] for e in r.json()["events"] for d in e["deliveries"]]
+            assert statuses == ["sent"] * 6, statuses
+            assert len([m for m in received if m.to == phones[i]]) == 6
+
+
+async def test_no_phi_in_secure_notices_or_logs(
+    live_server: LiveServer, twilio: FakeTwilio, mailbox: tuple[Mailbox, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every patient and message field holds a canary; secure SMS and email carry none of
+    them, and no log line at INFO or above does either (normal SMS carries the text, by
+    the staff's choice)."""
+    box, _ = mailbox
+    caplog.set_level(logging.INFO)
+    c = await Clinic(live_server, twilio).setup()
+    canaries = {f"PHI{i}-{uuid.uuid4().hex[:8]}" for i in range(4)}
+    first, last, mrn, body = sorted(canaries)
+    email = f"{first.lower()}@example.org"
+    phone = fresh_phone()
+    patient = await c.patient(first_name=first, last_name=last, mrn=mrn, phone=phone,
+                              email=email, dob="1961-05-06")
+    for channel in ("secure_sms", "secure_email"):
+        cid = await c.conversation(patient, channel)
+        r = await c.say(cid, f"{body} results attached")
+        assert r.status_code == 201
+    await sms_to(twilio, phone)
+    await mail_to(box, email)
+    r = await c.inbound(phone, f"reply {body}")
+    assert r.status_code == 200
+    await asyncio.sleep(0.3)
+    carried = [m.body for m in twilio.messages if m.to == phone]
+    carried += [m.as_string() for m in box.received if m["To"] == email]
+    for text in carried:
+        assert not any(x in text for x in canaries), text
+    for record in caplog.records:
+        line = record.getMessage()
+        assert not any(x in line for x in canaries), line
+        assert phone not in line, line
+
+
+class TestUnreadReminder:
+    @pytest.fixture
+    def server_env(self, twilio: FakeTwilio, mailbox: tuple[Mailbox, int]) -> dict[str, str]:
+        return {**twilio_env(twilio), **smtp_env(mailbox),
+                "BLOOMTEXT_REMINDER_AFTER_SECONDS": "1", "BLOOMTEXT_REMINDER_MAX": "1"}
+
+    async def test_one_reminder_unless_viewed(self, live_server: LiveServer,
+                                              twilio: FakeTwilio) -> None:
+        c = await Clinic(live_server, twilio).setup()
+        unread_phone, read_phone = fresh_phone(), fresh_phone()
+        unread = await c.conversation(await c.patient(phone=unread_phone), "secure_sms")
+        read = await c.conversation(await c.patient(phone=read_phone), "secure_sms")
+        assert (await c.say(unread, f"first {CANARY}")).status_code == 201
+        assert (await c.say(read, f"second {CANARY}")).status_code == 201
+        (notice,) = await sms_to(twilio, read_phone)
+        link = LINK.search(notice.body)
+        assert link
+        r = await live_server.http.get(link.group(1).removeprefix(live_server.base_url))
+        assert r.status_code == 200  # no DOB on file: straight in, and viewed
+        first, reminder = await sms_to(twilio, unread_phone, count=2)
+        assert reminder.body.startswith("Reminder: you have an unread secure message from "
+                                        "Clinic: ")
+        assert CANARY not in reminder.body and LINK.search(reminder.body)
+        await asyncio.sleep(3.5)  # at most one reminder; none for what was viewed
+        assert len([m for m in twilio.messages if m.to == unread_phone]) == 2
+        assert len([m for m in twilio.messages if m.to == read_phone]) == 1

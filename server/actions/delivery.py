@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import html
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from tortoise.transactions import in_transaction
 
 from channels.sender import Outbound, SendResult
 from realtime.hub import Hub, conversation_topic
@@ -34,6 +36,7 @@ from storage.models import (
     OptOut,
     Org,
     OutboxMessage,
+    Participant,
     Patient,
     PhoneNumber,
 )
@@ -50,6 +53,8 @@ TWILIO_STATUS = {  # Twilio's MessageStatus -> ours
 }
 OPTED_OUT_CODE = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
 SECURE_SMS_TEXT = "New secure message from {org}: {link}"
+REMINDER_SMS_TEXT = "Reminder: you have an unread secure message from {org}: {link}"
+PATIENT_REMINDER = "patient_reminder"  # the outbox purpose of an unread reminder
 
 
 def delivery_view(d: Delivery) -> dict[str, Any]:
@@ -100,15 +105,18 @@ async def opted_out(number_id: str, phone: str) -> bool:
     return await OptOut.exists(phone_number_id=number_id, phone=phone)
 
 
-def secure_mail(org_name: str, link: str) -> dict[str, str]:
+def secure_mail(org_name: str, link: str, *, reminder: bool = False) -> dict[str, str]:
     """The secure email: the organisation's name and the link, nothing else."""
     e = html.escape
-    subject = f"New secure message from {org_name}"
-    text = (f"You have a new secure message from {org_name}.\n\n"
+    subject = (f"Reminder: unread secure message from {org_name}" if reminder
+               else f"New secure message from {org_name}")
+    text = (f"You have {'an unread' if reminder else 'a new'} secure message from "
+            f"{org_name}.\n\n"
             f"Open it here: {link}\n\n"
             "The link is personal: please do not forward this email.\n")
     body = (f"<!doctype html><html><body style=\"font-family:sans-serif;line-height:1.5\">"
-            f"<p>You have a new secure message from <strong>{e(org_name)}</strong>.</p>"
+            f"<p>You have {'an unread' if reminder else 'a new'} secure message from "
+            f"<strong>{e(org_name)}</strong>.</p>"
             f"<p><a href=\"{e(link)}\" style=\"display:inline-block;padding:10px 16px;"
             f"background:#1d4ed8;color:#fff;text-decoration:none;border-radius:6px\">"
             f"Read the message</a></p>"
@@ -167,8 +175,8 @@ class PatientMessages:
             return SendResult("cancelled", error="opted out")
         if delivery.sending_since is not None and self._sms_lookup is not None:
             # A worker died during this send: did Twilio take it? Then never send twice.
-            sid = await self._sms_lookup.find_sent(patient.phone, number.number,
-                                                   delivery.sending_since)
+            sid = await self._taken(delivery, patient.phone, number.number, mode,
+                                    event.body or "", org.name)
             if sid:
                 return SendResult("sent", provider_id=sid)
         if mode == "sms":
@@ -216,6 +224,23 @@ class PatientMessages:
             await self._fall_back(delivery)
 
     # -- helpers -----------------------------------------------------------------------
+
+    async def _taken(self, delivery: Delivery, phone: str, from_number: str, mode: str,
+                     body: str, org_name: str) -> str | None:
+        """The SID of an SMS Twilio took for this delivery before its worker died: the
+        oldest one to that phone from that number since the send began, with this text
+        (a secure notice's link differs each time: its fixed start), that no other
+        delivery owns."""
+        assert delivery.sending_since is not None
+        found = await self._sms_lookup.find_sent(phone, from_number, delivery.sending_since)
+        prefix = SECURE_SMS_TEXT.format(org=org_name, link="")
+        fits = [m for m in found if (m.body == body if mode == "sms"
+                                     else m.body.startswith(prefix))]
+        if not fits:
+            return None
+        owned = set(await Delivery.filter(provider_sid__in=[m.sid for m in fits])
+                    .values_list("provider_sid", flat=True))
+        return next((m.sid for m in fits if m.sid not in owned), None)
 
     async def _delivery(self, row: OutboxMessage, event: Event, conversation: Conversation,
                         channel: str, mode: str, *, fallback: bool) -> Delivery:
@@ -309,3 +334,78 @@ async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str |
         hub.publish(conversation_topic(delivery.conversation_id), delivery_frame(delivery))
     return True
 
+
+
+async def queue_reminders(settings: Settings) -> int:
+    """The outbox worker's round hook: one reminder (no PHI) for each secure notice the
+    patient has not viewed in `reminder_after_seconds`, up to `reminder_max` per notice.
+    Taking the turn is a conditional update, so two nodes never queue the same one."""
+    if settings.reminder_max <= 0:
+        return 0
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.reminder_after_seconds)
+    queued = 0
+    found = await queries.unread_notices_due(db.connection(), cutoff, settings.reminder_max)
+    for due in found:
+        turn = int(due["reminders"]) + 1
+        async with in_transaction():
+            taken = await Delivery.filter(id=due["id"], reminders=turn - 1).update(
+                reminders=turn, reminded_at=now)
+            if not taken:
+                continue
+            delivery = await Delivery.get(id=due["id"])
+            await OutboxMessage.create(
+                id=f"ob_rm_{delivery.id}_{turn}", org_id=delivery.org_id, channel="patient",
+                purpose=PATIENT_REMINDER, recipient=delivery.patient_id, next_attempt_at=now,
+                created_at=now, payload={"delivery_id": delivery.id})
+        queued += 1
+    return queued
+
+
+class PatientReminders:
+    """The outbox worker's handler for `patient_reminder` rows: the same notice again,
+    by the same channel, with a fresh link; not sent once the patient has viewed the
+    message, or if it was recalled."""
+
+    purpose = PATIENT_REMINDER
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult:
+        delivery = await Delivery.get_or_none(id=(row.payload or {}).get("delivery_id", ""))
+        if delivery is None:
+            return SendResult("cancelled", error="the notice is gone")
+        event = await Event.get_or_none(id=delivery.event_id)
+        participant = await Participant.get_or_none(conversation_id=delivery.conversation_id,
+                                                    user_id=delivery.patient_id)
+        if event is None or event.recalled or participant is None:
+            return SendResult("cancelled", error="the message was recalled")
+        if participant.read_seq >= event.seq:
+            return SendResult("cancelled", error="the patient has viewed it")
+        conversation = await Conversation.get(id=delivery.conversation_id)
+        patient = await Patient.get_or_none(id=delivery.patient_id)
+        org = await Org.get(id=delivery.org_id)
+        if patient is None:
+            return SendResult("cancelled", error="the patient no longer exists")
+        link = await portal_links.new_link(
+            self._settings, org_id=delivery.org_id, patient_id=patient.id,
+            conversation_id=conversation.id, event_id=event.id)
+        if delivery.channel == "email":
+            if not patient.email:
+                return SendResult("permanent", error="the patient has no email address")
+            mail = secure_mail(org.name, link, reminder=True)
+            return Outbound(id=row.id, channel="email", purpose=row.purpose, to=patient.email,
+                            subject=mail["subject"], text=mail["text"], html=mail["html"])
+        number = await PhoneNumber.get_or_none(id=conversation.phone_number_id or "")
+        if number is None or not patient.phone:
+            return SendResult("permanent", error="no number or no phone to remind by")
+        if await opted_out(number.id, patient.phone):
+            return SendResult("cancelled", error="opted out")
+        return Outbound(id=row.id, channel="sms", purpose=row.purpose, to=patient.phone,
+                        text=REMINDER_SMS_TEXT.format(org=org.name, link=link),
+                        from_number=number.number)
+
+    async def record(self, row: OutboxMessage, message: Outbound | None,
+                     result: SendResult, final: bool) -> None:
+        """A reminder's outcome stays on its outbox row (no delivery state of its own)."""

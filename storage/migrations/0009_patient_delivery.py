@@ -25,6 +25,8 @@ class Migration(migrations.Migration):
                 ('error', fields.CharField(null=True, max_length=300)),
                 ('fallback', fields.BooleanField(default=False, db_default=False)),
                 ('sending_since', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+                ('reminders', fields.IntField(default=0, db_default=0)),
+                ('reminded_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
                 ('updated_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
             ],
