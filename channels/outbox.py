@@ -99,6 +99,16 @@ class OutboxWorker:
         self._before_round = list(before_round)
         self._wake = asyncio.Event()
 
+    async def close(self) -> None:
+        """Release what the senders hold (pooled connections), at shutdown."""
+        for sender in self._senders.values():
+            closer = getattr(sender, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("outbox: closing the %s sender failed", sender.channel)
+
     def notify(self) -> None:
         """Something was queued: look now rather than at the next poll."""
         self._wake.set()

@@ -16,6 +16,7 @@ nor the recipient's number is ever logged or put into an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -114,6 +115,10 @@ class _BoundedHttpClient(AsyncTwilioHttpClient):
         # pool_connections=False: the parent would otherwise create an aiohttp session
         # here, which needs a running loop and binds the client to it.
         super().__init__(pool_connections=False, timeout=timeout)
+        # One pooled session per event loop, made on first use: a TCP (and TLS) handshake
+        # per SMS would cost more than the request itself.
+        self._pooled: aiohttp.ClientSession | None = None
+        self._pooled_loop: asyncio.AbstractEventLoop | None = None
         parts = urlsplit(api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the Twilio API URL must be http(s)://HOST[:PORT]")
@@ -154,13 +159,31 @@ class _BoundedHttpClient(AsyncTwilioHttpClient):
         self.log_request(kwargs)  # twilio's: the URL and query, never the form or auth
         if auth is not None:
             kwargs["headers"]["Authorization"] = aiohttp.encode_basic_auth(auth[0], auth[1])
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds)) as session,
-            session.request(**kwargs) as answer,
-        ):
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=seconds)
+        async with self._session().request(**kwargs) as answer:
             text = await answer.text()
             self.log_response(answer.status, answer)  # type: ignore[arg-type]
             return Response(answer.status, text, answer.headers)
+
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._pooled is None or self._pooled.closed or self._pooled_loop is not loop:
+            self._pooled = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50))
+            self._pooled_loop = loop
+        return self._pooled
+
+    async def aclose(self) -> None:
+        if self._pooled is not None and not self._pooled.closed:
+            await self._pooled.close()
+        self._pooled = None
+
+
+async def close_twilio_client(client: Client) -> None:
+    """Close the client's pooled connections (at shutdown)."""
+    http = client.http_client
+    if isinstance(http, _BoundedHttpClient):
+        await http.aclose()
 
 
 def make_twilio_client(
@@ -238,6 +261,9 @@ class TwilioNumbers:
     def __init__(self, client: Client) -> None:
         self._client = client
 
+    async def aclose(self) -> None:
+        await close_twilio_client(self._client)
+
     async def search_available(
         self, area_code: str, country: str = "US", limit: int = 20
     ) -> list[AvailableNumber]:
@@ -299,6 +325,9 @@ class TwilioSmsSender:
 
     def __init__(self, client: Client) -> None:
         self._client = client
+
+    async def aclose(self) -> None:
+        await close_twilio_client(self._client)
 
     async def send(self, message: Outbound) -> SendResult:
         if not message.from_number:

@@ -176,6 +176,7 @@ async def run_worker(settings: Settings) -> None:
     except asyncio.CancelledError:
         pass
     finally:
+        await worker.close()
         await hub.close()
         await broker.close()
         await db.close_db()

@@ -428,3 +428,31 @@ async def unread_notices_due(
         " AND newer.created_at > d.created_at)"
         f" ORDER BY d.created_at LIMIT {sql.param(limit)}"
     )
+
+
+async def notice_context(
+    conn: BaseDBAsyncClient, event_id: str, patient_id: str
+) -> dict[str, Any] | None:
+    """What a patient's notification needs, in one read: the event, its conversation's
+    channel and number, the organisation's name, the patient's phone and email, and
+    whether that phone opted out of that number."""
+    sql = Sql(conn)
+    patient = sql.param(patient_id)  # `?` on SQLite: parameters in the order of the text
+    event = sql.param(event_id)
+    rows = await sql.rows(
+        "SELECT e.id AS event_id, e.seq, e.body, e.recalled, c.id AS conversation_id,"
+        " c.org_id, c.channel, c.phone_number_id, o.name AS org_name, pt.id AS patient_id,"
+        " pt.phone, pt.email, n.number,"
+        " EXISTS (SELECT 1 FROM opt_outs AS oo WHERE oo.phone_number_id = c.phone_number_id"
+        " AND oo.phone = pt.phone) AS opted_out"
+        " FROM events AS e JOIN conversations AS c ON c.id = e.conversation_id"
+        " JOIN orgs AS o ON o.id = c.org_id"
+        f" LEFT JOIN patients AS pt ON pt.id = {patient}"
+        " LEFT JOIN phone_numbers AS n ON n.id = c.phone_number_id"
+        f" WHERE e.id = {event}"
+    )
+    if not rows:
+        return None
+    row = dict(rows[0])
+    row["recalled"], row["opted_out"] = bool(row["recalled"]), bool(row["opted_out"])
+    return row

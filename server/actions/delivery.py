@@ -139,16 +139,15 @@ class PatientMessages:
 
     async def prepare(self, row: OutboxMessage) -> Outbound | SendResult:
         payload = row.payload or {}
-        event = await Event.get_or_none(id=payload.get("event_id", ""))
-        if event is None or event.recalled:
+        ctx = await queries.notice_context(db.connection(), payload.get("event_id", ""),
+                                           row.recipient)
+        if ctx is None or ctx["recalled"]:
             return SendResult("cancelled", error="the message was recalled")
-        conversation = await Conversation.get(id=event.conversation_id)  # type: ignore[attr-defined]
-        patient = await Patient.get_or_none(id=row.recipient)
-        if patient is None:
+        if ctx["patient_id"] is None:
             return SendResult("permanent", error="the patient no longer exists")
-        mode = payload.get("mode") or conversation.channel or "secure_sms"
+        mode = payload.get("mode") or ctx["channel"] or "secure_sms"
         channel = "email" if mode == "secure_email" else "sms"
-        delivery = await self._delivery(row, event, conversation, channel, mode,
+        delivery = await self._delivery(row, ctx, channel, mode,
                                         fallback=bool(payload.get("fallback")))
         self._working[row.id] = delivery.id
         if delivery.provider_sid or delivery.status == "sent":
@@ -156,37 +155,33 @@ class PatientMessages:
             return SendResult("sent", provider_id=delivery.provider_sid)
         if delivery.status != "queued":  # settled earlier (opted out, failed): nothing to do
             return SendResult("cancelled", error=f"already {delivery.status}")
-        org = await Org.get(id=conversation.org_id)  # type: ignore[attr-defined]
         if channel == "email":
-            if not patient.email:
+            if not ctx["email"]:
                 return SendResult("permanent", error="the patient has no email address")
-            link = await self._link(conversation, patient, event)
-            mail = secure_mail(org.name, link)
+            mail = secure_mail(ctx["org_name"], await self._link(ctx))
             return await self._sending(delivery, Outbound(
-                id=row.id, channel="email", purpose=row.purpose, to=patient.email,
+                id=row.id, channel="email", purpose=row.purpose, to=ctx["email"],
                 subject=mail["subject"], text=mail["text"], html=mail["html"]))
-        number = await PhoneNumber.get_or_none(id=conversation.phone_number_id or "")
-        if number is None:
+        if ctx["number"] is None:
             return SendResult("permanent", error="the conversation's number is gone")
-        if not patient.phone:
+        if not ctx["phone"]:
             return SendResult("permanent", error="the patient has no mobile phone")
-        if await opted_out(number.id, patient.phone):
+        if ctx["opted_out"]:
             await self._move(delivery, "opted_out", error="the patient replied STOP")
             return SendResult("cancelled", error="opted out")
         if delivery.sending_since is not None and self._sms_lookup is not None:
             # A worker died during this send: did Twilio take it? Then never send twice.
-            sid = await self._taken(delivery, patient.phone, number.number, mode,
-                                    event.body or "", org.name)
+            sid = await self._taken(delivery, ctx["phone"], ctx["number"], mode,
+                                    ctx["body"] or "", ctx["org_name"])
             if sid:
                 return SendResult("sent", provider_id=sid)
         if mode == "sms":
-            text = event.body or ""
+            text = ctx["body"] or ""
         else:
-            text = SECURE_SMS_TEXT.format(org=org.name,
-                                          link=await self._link(conversation, patient, event))
+            text = SECURE_SMS_TEXT.format(org=ctx["org_name"], link=await self._link(ctx))
         return await self._sending(delivery, Outbound(
-            id=row.id, channel="sms", purpose=row.purpose, to=patient.phone, text=text,
-            from_number=number.number,
+            id=row.id, channel="sms", purpose=row.purpose, to=ctx["phone"], text=text,
+            from_number=ctx["number"],
             status_callback=f"{self._settings.public_url}/webhooks/twilio/status"))
 
     async def record(self, row: OutboxMessage, message: Outbound | None,
@@ -242,25 +237,26 @@ class PatientMessages:
                     .values_list("provider_sid", flat=True))
         return next((m.sid for m in fits if m.sid not in owned), None)
 
-    async def _delivery(self, row: OutboxMessage, event: Event, conversation: Conversation,
-                        channel: str, mode: str, *, fallback: bool) -> Delivery:
-        found = await Delivery.get_or_none(event_id=event.id, channel=channel, kind="message")
+    async def _delivery(self, row: OutboxMessage, ctx: dict[str, Any], channel: str,
+                        mode: str, *, fallback: bool) -> Delivery:
+        found = await Delivery.get_or_none(event_id=ctx["event_id"], channel=channel,
+                                           kind="message")
         if found is not None:
             return found
         now = utcnow()
         delivery = Delivery(
-            id=new_id("dl"), org_id=conversation.org_id,  # type: ignore[attr-defined]
-            event_id=event.id, conversation_id=conversation.id, patient_id=row.recipient,
+            id=new_id("dl"), org_id=ctx["org_id"], event_id=ctx["event_id"],
+            conversation_id=ctx["conversation_id"], patient_id=row.recipient,
             channel=channel, mode=mode, status="queued", fallback=fallback, created_at=now,
             updated_at=now)
         await delivery.save(force_create=True)
-        self._hub.publish(conversation_topic(conversation.id), delivery_frame(delivery))
+        self._hub.publish(conversation_topic(ctx["conversation_id"]), delivery_frame(delivery))
         return delivery
 
-    async def _link(self, conversation: Conversation, patient: Patient, event: Event) -> str:
+    async def _link(self, ctx: dict[str, Any]) -> str:
         return await portal_links.new_link(
-            self._settings, org_id=conversation.org_id,  # type: ignore[attr-defined]
-            patient_id=patient.id, conversation_id=conversation.id, event_id=event.id)
+            self._settings, org_id=ctx["org_id"], patient_id=ctx["patient_id"],
+            conversation_id=ctx["conversation_id"], event_id=ctx["event_id"])
 
     async def _sending(self, delivery: Delivery, message: Outbound) -> Outbound:
         delivery.sending_since = utcnow()

@@ -67,14 +67,25 @@ class PortalView:
     last_seq: int
 
 
+async def _usable_link(svc: Services, token: str) -> PortalLink | None:
+    """The link a token opens (None: unknown, expired, revoked); LinkLocked while it rests."""
+    link = await portal_links.live_link(svc.settings, token)
+    if link is not None and link.locked_until is not None and link.locked_until > utcnow():
+        raise LinkLocked()
+    return link
+
+
+def _live(session: PortalSession | None) -> bool:
+    now = utcnow()
+    return (session is not None and session.ended_at is None and session.expires_at > now
+            and session.last_seen_at + IDLE > now)
+
+
 async def open_link(svc: Services, token: str, session_token: str | None) -> Opened | None:
     """None for an unknown, expired or revoked link (the caller shows the same 404)."""
-    link = await portal_links.live_link(svc.settings, token)
+    link = await _usable_link(svc, token)
     if link is None:
         return None
-    now = utcnow()
-    if link.locked_until is not None and link.locked_until > now:
-        raise LinkLocked()
     if await session_for(svc, session_token, link=link) is not None:
         return Opened(link, needs_dob=False)
     patient = await Patient.get(id=link.patient_id)
@@ -86,12 +97,10 @@ async def open_link(svc: Services, token: str, session_token: str | None) -> Ope
 async def check_dob(svc: Services, token: str, answer: str) -> Opened | None:
     """The patient's answer to the DOB question: a session, or the question again (with
     the failure counted). None like `open_link`."""
-    link = await portal_links.live_link(svc.settings, token)
+    link = await _usable_link(svc, token)
     if link is None:
         return None
     now = utcnow()
-    if link.locked_until is not None and link.locked_until > now:
-        raise LinkLocked()
     patient = await Patient.get(id=link.patient_id)
     try:
         given = date.fromisoformat(answer.strip())
@@ -136,14 +145,12 @@ async def session_for(svc: Services, token: str | None, *, link: PortalLink | No
         return None
     session = await PortalSession.get_or_none(
         token_hash=hash_secret(token, svc.settings.secret_key))
-    now = utcnow()
-    if (session is None or session.ended_at is not None or session.expires_at <= now
-            or session.last_seen_at + IDLE <= now):
+    if session is None or not _live(session):
         return None
     if link is not None and (session.conversation_id != link.conversation_id
                              or session.patient_id != link.patient_id):
         return None
-    await PortalSession.filter(id=session.id).update(last_seen_at=now)
+    await PortalSession.filter(id=session.id).update(last_seen_at=utcnow())
     return session
 
 
@@ -202,10 +209,7 @@ async def redeem_ticket(svc: Services, ticket: str) -> PortalSession | None:
         return None
     row = await PortalTicket.get(token_hash=key)
     session = await PortalSession.get_or_none(id=row.session_id)
-    if (session is None or session.ended_at is not None or session.expires_at <= now
-            or session.last_seen_at + IDLE <= now):
-        return None
-    return session
+    return session if _live(session) else None
 
 
 def unauthenticated() -> ApiError:
@@ -224,9 +228,7 @@ async def socket_actor(svc: Services, ticket: str) -> tuple[Actor, str] | None:
 async def session_alive(svc: Services, session_id: str) -> float | None:
     """When a portal socket's session ends (epoch seconds), or None if it has ended."""
     session = await PortalSession.get_or_none(id=session_id)
-    now = utcnow()
-    if (session is None or session.ended_at is not None or session.expires_at <= now
-            or session.last_seen_at + IDLE <= now):
+    if session is None or not _live(session):
         return None
     return min(session.expires_at, session.last_seen_at + IDLE).timestamp()
 
