@@ -201,11 +201,14 @@ async def _serve(websocket: WebSocket, svc: Services, conn: Connection, actor: A
             conn.push_frame(p.error_frame("rate_limited", "slow down", frame.ref))
             continue
         try:
-            if not isinstance(frame, p.Ping) and session.portal_conversation is None:
+            if not isinstance(frame, p.Ping):
                 now = time.time()
                 if now - session.touched_at >= accounts.touch_interval(svc).total_seconds():
                     session.touched_at = now
-                    await accounts.touch_session(svc, actor.session_id)
+                    if session.portal_conversation is None:
+                        await accounts.touch_session(svc, actor.session_id)
+                    else:  # a patient reading live is not idle
+                        await portal.touch_session(actor.session_id)
             if session.portal_conversation is not None:
                 _portal_scope(frame, session.portal_conversation)
             await _dispatch(svc, conn, actor, frame)

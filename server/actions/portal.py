@@ -237,3 +237,9 @@ async def org_view(actor: Actor) -> dict[str, Any]:
     """The organisation as a patient's socket sees it: its name only."""
     org = await Org.get(id=actor.org_id)
     return {"id": org.id, "name": org.name}
+
+
+async def touch_session(session_id: str) -> None:
+    """Activity on the portal's socket restarts the session's idle clock."""
+    await PortalSession.filter(id=session_id, ended_at__isnull=True).update(
+        last_seen_at=utcnow())
