@@ -456,3 +456,18 @@ async def notice_context(
     row = dict(rows[0])
     row["recalled"], row["opted_out"] = bool(row["recalled"]), bool(row["opted_out"])
     return row
+
+
+async def sms_in_flight(conn: BaseDBAsyncClient, to: str, from_number: str) -> list[str]:
+    """Ids of SMS deliveries being sent (marked, no SID yet) to `to` from `from_number`."""
+    sql = Sql(conn)
+    phone, number = sql.param(to), sql.param(from_number)
+    rows = await sql.rows(
+        "SELECT d.id FROM deliveries AS d JOIN patients AS pt ON pt.id = d.patient_id"
+        " JOIN conversations AS c ON c.id = d.conversation_id"
+        " JOIN phone_numbers AS n ON n.id = c.phone_number_id"
+        " WHERE d.channel = 'sms' AND d.provider_sid IS NULL"
+        f" AND d.sending_since IS NOT NULL AND pt.phone = {phone} AND n.number = {number}"
+        " LIMIT 2"
+    )
+    return [row["id"] for row in rows]

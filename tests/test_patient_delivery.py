@@ -438,3 +438,35 @@ class TestUnreadReminder:
         await asyncio.sleep(3.5)  # at most one reminder; none for what was viewed
         assert len([m for m in twilio.messages if m.to == unread_phone]) == 2
         assert len([m for m in twilio.messages if m.to == read_phone]) == 1
+
+
+async def test_a_status_callback_that_beats_the_send_answer(
+    live_server: LiveServer, twilio: FakeTwilio
+) -> None:
+    """Twilio may call back before the worker has written the SID down: the callback goes
+    to the one SMS in flight to that phone from that number, and the late answer does not
+    move the status back."""
+    c = await Clinic(live_server, twilio).setup()
+    phone = fresh_phone()
+    cid = await c.conversation(await c.patient(phone=phone), "sms")
+    ws = await live_server.socket()
+    await send(ws, {"type": "auth", "token": c.member.token})
+    await expect(ws, "ready")
+    twilio.hang_next("messages", 0.8)  # the answer comes late (within the 1 s timeout)
+    r = await c.say(cid, "see you at 3")
+    message_id = r.json()["id"]
+    await expect(ws, "delivery", message_id=message_id, status="queued")
+    await asyncio.sleep(0.3)  # the worker is waiting for Twilio's answer
+    form = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered", "To": phone,
+            "From": c.number["number"], "AccountSid": twilio.account_sid}
+    r = await c.webhook("/webhooks/twilio/status", form)
+    assert r.status_code == 204
+    await expect(ws, "delivery", message_id=message_id, status="delivered")
+    await sms_to(twilio, phone)
+    await asyncio.sleep(0.5)
+    assert [f for f in await quiet(ws, 0.5) if f["type"] == "delivery"] == []
+    r = await live_server.http.get(f"/api/v1/conversations/{cid}/events",
+                                   headers=c.member.headers)
+    (event,) = r.json()["events"]
+    assert [d["status"] for d in event["deliveries"]] == ["delivered"]
+    await ws.close()

@@ -193,9 +193,12 @@ class PatientMessages:
         if delivery is None:
             return
         if result.status == "sent":
+            # A status callback may have come first (and moved the status on): keep it.
             delivery.provider_sid = delivery.provider_sid or result.provider_id
             delivery.sending_since = None
-            await self._move(delivery, "sent", save_anyway=True)
+            await Delivery.filter(id=delivery.id).update(
+                provider_sid=delivery.provider_sid, sending_since=None)
+            await self._move(delivery, "sent")
             return
         if result.status == "logged":  # no provider configured: say so, as a failure
             delivery.sending_since = None
@@ -309,11 +312,20 @@ async def record_opt_out(number_id: str, phone: str, now: datetime) -> None:
                 raise
 
 
-async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str | None
-                       ) -> bool:
+async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str | None,
+                       to: str = "", from_number: str = "") -> bool:
     """A status callback: move the delivery with this SID forward (never backwards).
-    False when no delivery has that SID (an SMS this server did not send)."""
+    False when no delivery has that SID (an SMS this server did not send).
+
+    A callback may beat the worker's record of the SID (Twilio answers the send, then
+    calls back; the worker writes the SID after the answer): then the one SMS delivery
+    being sent to that phone from that number takes the SID now."""
     delivery = await Delivery.get_or_none(provider_sid=sid)
+    if delivery is None and to and from_number:
+        flying = await queries.sms_in_flight(db.connection(), to, from_number)
+        if len(flying) == 1 and await Delivery.filter(
+                id=flying[0], provider_sid__isnull=True).update(provider_sid=sid):
+            delivery = await Delivery.get(id=flying[0])
     if delivery is None:
         return False
     status = TWILIO_STATUS.get(twilio_status.lower())

@@ -155,4 +155,5 @@ async def status_callback(svc: Services, form: dict[str, str]) -> None:
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
     status = form.get("MessageStatus") or form.get("SmsStatus") or ""
     if sid and status:
-        await delivery.apply_status(svc.hub, sid, status, form.get("ErrorCode") or None)
+        await delivery.apply_status(svc.hub, sid, status, form.get("ErrorCode") or None,
+                                    to=form.get("To", ""), from_number=form.get("From", ""))
