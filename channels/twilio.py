@@ -156,7 +156,9 @@ class _BoundedHttpClient(AsyncTwilioHttpClient):
             "headers": dict(headers or {}),
             "allow_redirects": allow_redirects,
         }
-        self.log_request(kwargs)  # twilio's: the URL and query, never the form or auth
+        # Not twilio's log_request: it logs the query, and a lookup's query holds phone
+        # numbers. The method and path name what was done; the answer's status follows.
+        log.debug("twilio %s %s", kwargs["method"], urlsplit(kwargs["url"]).path)
         if auth is not None:
             kwargs["headers"]["Authorization"] = aiohttp.encode_basic_auth(auth[0], auth[1])
         kwargs["timeout"] = aiohttp.ClientTimeout(total=seconds)

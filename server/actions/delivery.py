@@ -169,7 +169,8 @@ class PatientMessages:
         if ctx["opted_out"]:
             await self._move(delivery, "opted_out", error="the patient replied STOP")
             return SendResult("cancelled", error="opted out")
-        if delivery.sending_since is not None and self._sms_lookup is not None:
+        if (delivery.sending_since is not None and self._sms_lookup is not None
+                and not getattr(delivery, "_fresh", False)):
             # A worker died during this send: did Twilio take it? Then never send twice.
             sid = await self._taken(delivery, ctx["phone"], ctx["number"], mode,
                                     ctx["body"] or "", ctx["org_name"])
@@ -196,9 +197,11 @@ class PatientMessages:
             # A status callback may have come first (and moved the status on): keep it.
             delivery.provider_sid = delivery.provider_sid or result.provider_id
             delivery.sending_since = None
-            await Delivery.filter(id=delivery.id).update(
-                provider_sid=delivery.provider_sid, sending_since=None)
-            await self._move(delivery, "sent")
+            if RANK["sent"] > RANK[delivery.status]:
+                await self._move(delivery, "sent")  # one write: status, SID and mark
+            else:
+                await Delivery.filter(id=delivery.id).update(
+                    provider_sid=delivery.provider_sid, sending_since=None)
             return
         if result.status == "logged":  # no provider configured: say so, as a failure
             delivery.sending_since = None
@@ -251,8 +254,9 @@ class PatientMessages:
             id=new_id("dl"), org_id=ctx["org_id"], event_id=ctx["event_id"],
             conversation_id=ctx["conversation_id"], patient_id=row.recipient,
             channel=channel, mode=mode, status="queued", fallback=fallback, created_at=now,
-            updated_at=now)
+            updated_at=now, sending_since=now)  # one write: a send follows at once
         await delivery.save(force_create=True)
+        delivery._fresh = True  # type: ignore[attr-defined]  # _sending need not write
         self._hub.publish(conversation_topic(ctx["conversation_id"]), delivery_frame(delivery))
         return delivery
 
@@ -262,8 +266,9 @@ class PatientMessages:
             conversation_id=ctx["conversation_id"], event_id=ctx["event_id"])
 
     async def _sending(self, delivery: Delivery, message: Outbound) -> Outbound:
-        delivery.sending_since = utcnow()
-        await delivery.save(update_fields=["sending_since"])
+        if not getattr(delivery, "_fresh", False):  # a retry: mark this attempt
+            delivery.sending_since = utcnow()
+            await delivery.save(update_fields=["sending_since"])
         return message
 
     async def _move(self, delivery: Delivery, status: str, *, error: str | None = None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from tortoise.transactions import in_transaction
+
 from server.auth import hash_secret, new_secret
 from server.config import Settings
 from server.ids import new_id, utcnow
@@ -20,13 +22,15 @@ async def new_link(settings: Settings, *, org_id: str, patient_id: str, conversa
     """A fresh link for the patient to this conversation (older ones stop working)."""
     now = utcnow()
     token = new_secret(TOKEN_PREFIX)
-    await PortalLink.filter(conversation_id=conversation_id, patient_id=patient_id,
-                            revoked_at__isnull=True).update(revoked_at=now)
-    await PortalLink.create(
-        id=new_id("lk"), token_hash=hash_secret(token, settings.secret_key), org_id=org_id,
-        patient_id=patient_id, conversation_id=conversation_id, event_id=event_id,
-        created_at=now, expires_at=now + timedelta(seconds=settings.portal_link_ttl_seconds),
-    )
+    async with in_transaction():  # one commit for both
+        await PortalLink.filter(conversation_id=conversation_id, patient_id=patient_id,
+                                revoked_at__isnull=True).update(revoked_at=now)
+        await PortalLink.create(
+            id=new_id("lk"), token_hash=hash_secret(token, settings.secret_key),
+            org_id=org_id, patient_id=patient_id, conversation_id=conversation_id,
+            event_id=event_id, created_at=now,
+            expires_at=now + timedelta(seconds=settings.portal_link_ttl_seconds),
+        )
     return f"{settings.public_url}/p/{token}"
 
 
