@@ -182,12 +182,7 @@ async def _create_patient_conversation(
     else:
         raise invalid("a patient target is {patient_id} or {patient: {...}}", to="patient")
     number = await phone_numbers.number_for_conversation(actor, phone_number_id)
-    if channel in ("sms", "secure_sms") and not patient.phone:
-        raise invalid("this patient has no phone: choose secure_email or add a phone",
-                      channel="patient has no phone")
-    if channel == "secure_email" and not patient.email:
-        raise invalid("this patient has no email: choose SMS or add an email",
-                      channel="patient has no email")
+    delivery.require_reachable(channel, patient.phone, patient.email)
     team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
     staff = list(dict.fromkeys([actor.id, *team]))
     now = utcnow()
@@ -231,12 +226,7 @@ async def update_conversation(
                           channel="secure_sms, sms or secure_email")
         contact = await queries.patient_contact(db.connection(), conversation.id)
         if contact is not None:
-            if channel in ("sms", "secure_sms") and not contact["phone"]:
-                raise invalid("this patient has no phone: choose secure_email or add a "
-                              "phone", channel="patient has no phone")
-            if channel == "secure_email" and not contact["email"]:
-                raise invalid("this patient has no email: choose SMS or add an email",
-                              channel="patient has no email")
+            delivery.require_reachable(channel, contact["phone"], contact["email"])
         changes["channel"] = channel
     if changes:
         await Conversation.filter(id=conversation.id).update(**changes, updated_at=utcnow())

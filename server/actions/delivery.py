@@ -84,21 +84,25 @@ async def deliveries_of(conversation_id: str, event_ids: list[str]
     return found
 
 
+def require_reachable(channel: str, phone: str | None, email: str | None) -> None:
+    """The patient has what `channel` needs (422 naming `channel` otherwise): the one
+    rule for starting a conversation, switching its channel and sending in it."""
+    if channel in ("sms", "secure_sms") and not phone:
+        raise ApiError("invalid", "this patient has no mobile phone: add one to their "
+                       "profile, or choose secure email",
+                       {"fields": {"channel": "patient has no phone"}})
+    if channel == "secure_email" and not email:
+        raise ApiError("invalid", "this patient has no email address: add one to their "
+                       "profile, or choose SMS",
+                       {"fields": {"channel": "patient has no email"}})
+
+
 async def require_contact(conversation_id: str) -> None:
     """Before a staff message in a patient conversation is stored: the patient must have
-    what the conversation's channel needs (422 naming `channel` otherwise)."""
+    what the conversation's channel needs."""
     found = await queries.patient_contact(db.connection(), conversation_id)
-    if found is None:
-        return  # not a patient conversation any more: the send path decides
-    channel = found["channel"] or "secure_sms"
-    if channel in ("sms", "secure_sms") and not found["phone"]:
-        raise ApiError("invalid", "this patient has no mobile phone: add one to their "
-                       "profile, or switch the conversation to secure email",
-                       {"fields": {"channel": "patient has no phone"}})
-    if channel == "secure_email" and not found["email"]:
-        raise ApiError("invalid", "this patient has no email address: add one to their "
-                       "profile, or switch the conversation to SMS",
-                       {"fields": {"channel": "patient has no email"}})
+    if found is not None:  # None: not a patient conversation any more (the send decides)
+        require_reachable(found["channel"] or "secure_sms", found["phone"], found["email"])
 
 
 async def opted_out(number_id: str, phone: str) -> bool:
