@@ -8,7 +8,8 @@ then sends `--messages` staff messages (round-robin over the conversations, `--c
 as fast as the HTTP API takes them, and times until the fake has received every SMS.
 
 Reports the send phase, the drain (first message stored to last SMS received), the
-notifications per second, and the backlog when the sends finished. With `--backlog` the
+notifications per second, the steady rate (first SMS received to last), and the backlog
+when the sends finished. With `--backlog` the
 node only stores, and one separate `python -m server worker` started afterwards drains
 the whole backlog: the worker's own rate. Bounded: every phase
 stops after `--timeout` seconds.
@@ -43,6 +44,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 async def wait_ready(url: str, timeout: float) -> None:
@@ -156,6 +163,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                          f"{args.messages} SMS arrived in {args.timeout:.0f} s")
                     await asyncio.sleep(0.02)
                 drained_s = time.perf_counter() - started
+                ours = fake.messages[before:]
+                # From the first SMS to the last: the rate once the worker is going,
+                # without its start (imports, connections) in the figure.
+                steady_s = (ours[-1].created - ours[0].created).total_seconds()
+                worker_cpu_s = cpu_seconds(worker.pid) if worker is not None else None
                 if worker is not None:
                     worker.send_signal(signal.SIGINT)
                     worker.wait(30)
@@ -167,7 +179,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker": "separate, started on the backlog" if args.backlog else "in the node",
             "sends_s": round(sent_s, 2), "sends_per_s": round(args.messages / sent_s),
             "backlog_when_sends_done": backlog, "drained_s": round(drained_s, 2),
-            "notifications_per_s": round(args.messages / drained_s)}
+            "notifications_per_s": round(args.messages / drained_s),
+            "first_to_last_sms_s": round(steady_s, 2),
+            # The worker's own CPU (its start included): what one core of it can send.
+            "worker_cpu_s": worker_cpu_s,
+            "worker_cpu_ms_per_notification": (
+                round(1000 * worker_cpu_s / args.messages, 2) if worker_cpu_s else None),
+            "steady_per_s": round((args.messages - 1) / steady_s) if steady_s else None}
 
 
 def main(argv: list[str] | None = None) -> int:

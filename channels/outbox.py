@@ -18,6 +18,7 @@ import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,20 +32,34 @@ log = logging.getLogger("bloomtext.outbox")
 FailedHook = Callable[[OutboxMessage], Awaitable[None]]
 
 
+@dataclass
+class Outcome:
+    """What became of one claimed row: what was sent (None when nothing was), the
+    sender's answer, and whether the worker will try the row again (`final`: no)."""
+
+    row: OutboxMessage
+    message: Outbound | None
+    result: SendResult
+    final: bool
+
+
 class PurposeHandler(Protocol):
     """For rows that hold a reference rather than the message (a patient message: its
-    event's id): `prepare` builds what to send at send time, or answers without sending
-    (recalled, opted out); `record` keeps the outcome where the caller needs it (the
-    provider's id first) before the row is acknowledged. If `record` raises, the row is
-    not acknowledged: it is claimed again after its lease, and `prepare` must then find
-    out whether the earlier send went through."""
+    event's id). Called with all of a claimed batch's rows of its purpose at once, so a
+    handler can read and write for the whole batch in a few statements: `prepare` builds
+    what to send at send time, one answer per row in order, or answers without sending
+    (recalled, opted out); `record` keeps the outcomes where the caller needs them (the
+    provider's ids first) before the rows are acknowledged. If `record` raises, no row of
+    the batch is acknowledged: they are claimed again after their lease, and `prepare`
+    must then find out whether the earlier send went through."""
 
     purpose: str
 
-    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult: ...
+    async def prepare(self, rows: list[OutboxMessage]) -> list[Outbound | SendResult]: ...
 
-    async def record(self, row: OutboxMessage, message: Outbound | None,
-                     result: SendResult, final: bool) -> None: ...
+    async def record(self, outcomes: list[Outcome]) -> None: ...
+
+
 # Run before each claim; returns how many held rows it let go. Owned by the caller (the
 # server's actions), so this module knows nothing of what makes a row due.
 RoundHook = Callable[[], Awaitable[int]]
@@ -150,39 +165,44 @@ class OutboxWorker:
         if not ids:
             return 0
         rows = await OutboxMessage.filter(id__in=ids)
-        await asyncio.gather(*(self._deliver(row) for row in rows))
+        by_purpose: dict[str, list[OutboxMessage]] = {}
+        for row in rows:
+            by_purpose.setdefault(row.purpose, []).append(row)
+        await asyncio.gather(*(self._deliver(self._handlers.get(purpose), group)
+                               for purpose, group in by_purpose.items()))
         return len(rows)
 
-    async def _deliver(self, row: OutboxMessage) -> None:
-        handler = self._handlers.get(row.purpose)
-        if handler is None:
-            payload = row.payload or {}
-            message = Outbound(
+    async def _deliver(self, handler: PurposeHandler | None, rows: list[OutboxMessage]) -> None:
+        if handler is None:  # the row holds the message itself
+            messages = [Outbound(
                 id=row.id, channel=row.channel, purpose=row.purpose, to=row.recipient,
-                subject=payload.get("subject", ""), text=payload.get("text", ""),
-                html=payload.get("html"),
-            )
-            await self._record(row, await self._send(message))
+                subject=(row.payload or {}).get("subject", ""),
+                text=(row.payload or {}).get("text", ""), html=(row.payload or {}).get("html"),
+            ) for row in rows]
+            results = await asyncio.gather(*(self._send(m) for m in messages))
+            await self._record(list(zip(rows, results, strict=True)))
             return
         try:
-            prepared = await handler.prepare(row)
+            prepared = await handler.prepare(rows)
         except Exception as exc:
             if not is_outage(exc):
-                log.exception("outbox: preparing %s %s failed", row.purpose, row.id)
-            await self._record(row, SendResult("retryable", error=type(exc).__name__))
+                log.exception("outbox: preparing %d %s row(s) failed", len(rows), handler.purpose)
+            await self._record([(row, SendResult("retryable", error=type(exc).__name__))
+                                for row in rows])
             return
-        if isinstance(prepared, SendResult):
-            sent, result = None, prepared
-        else:
-            sent, result = prepared, await self._send(prepared)
-        final = result.status != "retryable" or row.attempts >= self.max_attempts
+        # (asyncio.sleep(0, x) answers x: a result known without sending)
+        results = await asyncio.gather(*(
+            self._send(p) if isinstance(p, Outbound) else asyncio.sleep(0, p) for p in prepared))
+        outcomes = [Outcome(row, p if isinstance(p, Outbound) else None, result,
+                            result.status != "retryable" or row.attempts >= self.max_attempts)
+                    for row, p, result in zip(rows, prepared, results, strict=True)]
         try:
-            await handler.record(row, sent, result, final)
+            await handler.record(outcomes)
         except Exception as exc:  # left claimed: taken again after the lease
-            log.warning("outbox: recording %s %s failed (%s): it will be checked again",
-                        row.purpose, row.id, type(exc).__name__)
+            log.warning("outbox: recording %d %s row(s) failed (%s): they will be checked "
+                        "again", len(rows), handler.purpose, type(exc).__name__)
             return
-        await self._record(row, result)
+        await self._record([(o.row, o.result) for o in outcomes])
 
     async def _send(self, message: Outbound) -> SendResult:
         sender = self._senders.get(message.channel)
@@ -194,17 +214,20 @@ class OutboxWorker:
             log.exception("outbox: sender for %s raised", message.channel)
             return SendResult("retryable", error=f"{type(exc).__name__}")
 
-    async def _record(self, row: OutboxMessage, result: SendResult) -> None:
+    async def _record(self, outcomes: list[tuple[OutboxMessage, SendResult]]) -> None:
+        """Acknowledge what is settled (sent, logged, cancelled) in one round trip; each
+        row to retry or that failed for good on its own (with its log line)."""
         now = _now()
+        settled = [(row.id, row.claimed_until, result.status, result.provider_id, result.error)
+                   for row, result in outcomes
+                   if result.status in ("sent", "logged", "cancelled")]
+        await queries.settle_outbox(db.connection(), settled, now)
+        for row, result in outcomes:
+            if result.status not in ("sent", "logged", "cancelled"):
+                await self._unsettled(row, result, now)
+
+    async def _unsettled(self, row: OutboxMessage, result: SendResult, now: datetime) -> None:
         mine = OutboxMessage.filter(id=row.id, claimed_until=row.claimed_until)
-        if result.status == "cancelled":
-            await mine.update(status="cancelled", payload=None, claimed_until=None,
-                              last_error=result.error)
-            return
-        if result.status in ("sent", "logged"):
-            await mine.update(status=result.status, sent_at=now, provider_id=result.provider_id,
-                              payload=None, claimed_until=None, last_error=result.error)
-            return
         if result.status == "retryable" and row.attempts < self.max_attempts:
             delay = self.retry_delay(row.attempts)
             await mine.update(next_attempt_at=now + timedelta(seconds=delay),
@@ -222,3 +245,4 @@ class OutboxWorker:
                 await self._on_failed(row)
             except Exception:
                 log.exception("outbox: reporting a failure failed")
+

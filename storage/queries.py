@@ -430,32 +430,85 @@ async def unread_notices_due(
     )
 
 
-async def notice_context(
-    conn: BaseDBAsyncClient, event_id: str, patient_id: str
-) -> dict[str, Any] | None:
-    """What a patient's notification needs, in one read: the event, its conversation's
-    channel and number, the organisation's name, the patient's phone and email, and
-    whether that phone opted out of that number."""
+async def notice_contexts(
+    conn: BaseDBAsyncClient, wanted: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """What patients' notifications need, in one read for a batch of (event id, patient
+    id): each event, its conversation's channel and number, the organisation's name, the
+    patient's phone and email, and whether that phone opted out of that number. Keyed by
+    the pair; a pair whose event is gone is missing."""
+    if not wanted:
+        return {}
     sql = Sql(conn)
-    patient = sql.param(patient_id)  # `?` on SQLite: parameters in the order of the text
-    event = sql.param(event_id)
+    pairs = ", ".join(f"({sql.param(event)}, {sql.param(patient)})" for event, patient in wanted)
     rows = await sql.rows(
-        "SELECT e.id AS event_id, e.seq, e.body, e.recalled, c.id AS conversation_id,"
-        " c.org_id, c.channel, c.phone_number_id, o.name AS org_name, pt.id AS patient_id,"
+        f"WITH wanted(event_id, patient_id) AS (VALUES {pairs})"
+        " SELECT e.id AS event_id, e.seq, e.body, e.recalled, c.id AS conversation_id,"
+        " c.org_id, c.channel, c.phone_number_id, o.name AS org_name,"
+        " w.patient_id AS wanted_patient, pt.id AS patient_id,"
         " pt.phone, pt.email, n.number,"
         " EXISTS (SELECT 1 FROM opt_outs AS oo WHERE oo.phone_number_id = c.phone_number_id"
         " AND oo.phone = pt.phone) AS opted_out"
-        " FROM events AS e JOIN conversations AS c ON c.id = e.conversation_id"
+        " FROM wanted AS w JOIN events AS e ON e.id = w.event_id"
+        " JOIN conversations AS c ON c.id = e.conversation_id"
         " JOIN orgs AS o ON o.id = c.org_id"
-        f" LEFT JOIN patients AS pt ON pt.id = {patient}"
+        " LEFT JOIN patients AS pt ON pt.id = w.patient_id"
         " LEFT JOIN phone_numbers AS n ON n.id = c.phone_number_id"
-        f" WHERE e.id = {event}"
     )
-    if not rows:
-        return None
-    row = dict(rows[0])
-    row["recalled"], row["opted_out"] = bool(row["recalled"]), bool(row["opted_out"])
-    return row
+    found = {}
+    for row in rows:
+        ctx = dict(row)
+        ctx["recalled"], ctx["opted_out"] = bool(ctx["recalled"]), bool(ctx["opted_out"])
+        found[(ctx["event_id"], ctx.pop("wanted_patient"))] = ctx
+    return found
+
+
+async def settle_sent(
+    conn: BaseDBAsyncClient, sent: Sequence[tuple[str, str | None]], now: datetime
+) -> dict[str, str]:
+    """Record a batch of accepted sends, (delivery id, provider SID), in one statement:
+    the SID (unless a status callback brought it first), no longer sending, and status
+    `sent` where it was still `queued` (a callback may have moved it further: kept).
+    Delivery id -> its status now."""
+    if not sent:
+        return {}
+    sql = Sql(conn)
+    pairs = ", ".join(f"({sql.param(d)}, {sql.param(sid)})" for d, sid in sent)
+    moment = sql.param(sql.moment(now))
+    rows = await sql.rows(
+        f"WITH done(id, sid) AS (VALUES {pairs})"
+        " UPDATE deliveries SET provider_sid = COALESCE(deliveries.provider_sid, done.sid),"
+        " sending_since = NULL,"
+        f" updated_at = CASE WHEN deliveries.status = 'queued' THEN {moment}"
+        " ELSE deliveries.updated_at END,"
+        " status = CASE WHEN deliveries.status = 'queued' THEN 'sent'"
+        " ELSE deliveries.status END"
+        " FROM done WHERE deliveries.id = done.id RETURNING deliveries.id, deliveries.status"
+    )
+    return {row["id"]: row["status"] for row in rows}
+
+
+async def settle_outbox(
+    conn: BaseDBAsyncClient,
+    done: Sequence[tuple[str, datetime | None, str, str | None, str | None]],
+    now: datetime,
+) -> None:
+    """Acknowledge a batch of outbox rows for good, (id, the claim it was sent under,
+    status, provider id, error), in one round trip: the payload (it may hold a link with
+    a secret) is dropped. A row whose claim passed to another worker is left alone."""
+    if not done:
+        return
+    postgres = conn.capabilities.dialect == "postgres"
+    slot = [f"${n}" if postgres else "?" for n in range(1, 7)]
+    moment = now if postgres else now.isoformat(sep=" ")
+    await conn.execute_many(
+        f"UPDATE outbox SET status = {slot[0]}, provider_id = {slot[1]},"
+        f" last_error = {slot[2]}, sent_at = {slot[3]}, payload = NULL, claimed_until = NULL"
+        f" WHERE id = {slot[4]} AND claimed_until = {slot[5]}",
+        [[status, provider, error, moment if status in ("sent", "logged") else None, row_id,
+          claimed if postgres or claimed is None else claimed.isoformat(sep=" ")]
+         for row_id, claimed, status, provider, error in done],
+    )
 
 
 async def sms_in_flight(conn: BaseDBAsyncClient, to: str, from_number: str) -> list[str]:

@@ -15,13 +15,16 @@ SMS refused for good falls back to a secure email when the patient has an email.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from tortoise.transactions import in_transaction
 
+from channels.outbox import Outcome
 from channels.sender import Outbound, SendResult
 from realtime.hub import Hub, conversation_topic
 from server.actions import portal_links
@@ -129,8 +132,24 @@ def secure_mail(org_name: str, link: str, *, reminder: bool = False) -> dict[str
     return {"subject": subject, "text": text, "html": body}
 
 
+@dataclass
+class _Notice:
+    """One row of a batch being prepared: what it needs, until it becomes what to send."""
+
+    row: OutboxMessage
+    ctx: dict[str, Any]
+    mode: str  # sms | secure_sms | secure_email
+    delivery: Delivery
+    fresh: bool  # the delivery was created by this batch (its send is marked already)
+
+
 class PatientMessages:
-    """The outbox worker's handler for `patient_message` rows (see the module's doc)."""
+    """The outbox worker's handler for `patient_message` rows (see the module's doc).
+
+    A claimed batch is prepared and recorded together: one read for every notice's
+    context, one for their deliveries, one insert of the new deliveries, one transaction
+    for the portal links, one update for the accepted sends. What is rare (a send to
+    check after a crash, an opt-out, a failure, a fallback) is handled row by row."""
 
     purpose = PATIENT_MESSAGE
 
@@ -139,33 +158,79 @@ class PatientMessages:
         self._hub = hub
         # The SMS sender, when it can say whether a send went through (after a crash).
         self._sms_lookup = sms_lookup
-        self._working: dict[str, str] = {}  # outbox row id -> its delivery, prepare..record
+        self._working: dict[str, Delivery] = {}  # outbox row id -> its delivery
 
-    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult:
-        payload = row.payload or {}
-        ctx = await queries.notice_context(db.connection(), payload.get("event_id", ""),
-                                           row.recipient)
-        if ctx is None or ctx["recalled"]:
-            return SendResult("cancelled", error="the message was recalled")
-        if ctx["patient_id"] is None:
-            return SendResult("permanent", error="the patient no longer exists")
-        mode = payload.get("mode") or ctx["channel"] or "secure_sms"
-        channel = "email" if mode == "secure_email" else "sms"
-        delivery = await self._delivery(row, ctx, channel, mode,
-                                        fallback=bool(payload.get("fallback")))
-        self._working[row.id] = delivery.id
+    async def prepare(self, rows: list[OutboxMessage]) -> list[Outbound | SendResult]:
+        wanted = [((row.payload or {}).get("event_id", ""), row.recipient) for row in rows]
+        contexts = await queries.notice_contexts(db.connection(), wanted)
+        existing = {(d.event_id, d.channel): d for d in await Delivery.filter(
+            event_id__in=list({event for event, _ in wanted}), kind="message")}
+        answers: list[Outbound | SendResult | _Notice] = []
+        fresh: list[Delivery] = []
+        now = utcnow()
+        for row, key in zip(rows, wanted, strict=True):
+            ctx = contexts.get(key)
+            if ctx is None or ctx["recalled"]:
+                answers.append(SendResult("cancelled", error="the message was recalled"))
+                continue
+            if ctx["patient_id"] is None:
+                answers.append(SendResult("permanent", error="the patient no longer exists"))
+                continue
+            payload = row.payload or {}
+            mode = payload.get("mode") or ctx["channel"] or "secure_sms"
+            channel = "email" if mode == "secure_email" else "sms"
+            delivery = existing.get((ctx["event_id"], channel))
+            if delivery is None:
+                delivery = Delivery(
+                    id=new_id("dl"), org_id=ctx["org_id"], event_id=ctx["event_id"],
+                    conversation_id=ctx["conversation_id"], patient_id=row.recipient,
+                    channel=channel, mode=mode, status="queued",
+                    fallback=bool(payload.get("fallback")), created_at=now, updated_at=now,
+                    sending_since=now)  # marked at once: a send follows
+                existing[(ctx["event_id"], channel)] = delivery
+                fresh.append(delivery)
+                answers.append(_Notice(row, ctx, mode, delivery, fresh=True))
+            elif any(isinstance(a, _Notice) and a.delivery is delivery for a in answers):
+                # Two rows for one delivery in a batch: this one waits for the next round.
+                answers.append(SendResult("retryable", error="sent by another row"))
+            else:
+                answers.append(_Notice(row, ctx, mode, delivery, fresh=False))
+        if fresh:
+            await Delivery.bulk_create(fresh)
+            for delivery in fresh:
+                self._hub.publish(conversation_topic(delivery.conversation_id),
+                                  delivery_frame(delivery))
+        checked = await asyncio.gather(*(
+            self._check(a) if isinstance(a, _Notice) else asyncio.sleep(0, a) for a in answers))
+        going = [a for a in checked if isinstance(a, _Notice)]
+        retried = [n.delivery.id for n in going if not n.fresh]
+        if retried:  # mark this attempt: after a crash, the provider is asked first
+            await Delivery.filter(id__in=retried).update(sending_since=now)
+        secure = [n for n in going if n.mode != "sms"]
+        links = dict(zip((n.row.id for n in secure), await portal_links.new_links(
+            self._settings, [portal_links.LinkFor(
+                n.ctx["org_id"], n.ctx["patient_id"], n.ctx["conversation_id"],
+                n.ctx["event_id"]) for n in secure]), strict=True))
+        prepared: list[Outbound | SendResult] = []
+        for answer, now_answer in zip(answers, checked, strict=True):
+            if isinstance(answer, _Notice):  # its outcome is kept on its delivery
+                self._working[answer.row.id] = answer.delivery
+            prepared.append(self._message(now_answer, links.get(now_answer.row.id, ""))
+                            if isinstance(now_answer, _Notice) else now_answer)
+        return prepared
+
+    async def _check(self, notice: _Notice) -> _Notice | SendResult:
+        """What stops a notice from being sent now, or the notice."""
+        delivery, ctx = notice.delivery, notice.ctx
         if delivery.provider_sid or delivery.status == "sent":
             # Already sent (the worker died after recording it): acknowledge, never resend.
             return SendResult("sent", provider_id=delivery.provider_sid)
         if delivery.status != "queued":  # settled earlier (opted out, failed): nothing to do
             return SendResult("cancelled", error=f"already {delivery.status}")
-        if channel == "email":
+        if delivery.channel == "email":
             if not ctx["email"]:
                 return SendResult("permanent", error="the patient has no email address")
-            mail = secure_mail(ctx["org_name"], await self._link(ctx))
-            return await self._sending(delivery, Outbound(
-                id=row.id, channel="email", purpose=row.purpose, to=ctx["email"],
-                subject=mail["subject"], text=mail["text"], html=mail["html"]))
+            return notice
         if ctx["number"] is None:
             return SendResult("permanent", error="the conversation's number is gone")
         if not ctx["phone"]:
@@ -173,40 +238,50 @@ class PatientMessages:
         if ctx["opted_out"]:
             await self._move(delivery, "opted_out", error="the patient replied STOP")
             return SendResult("cancelled", error="opted out")
-        if (delivery.sending_since is not None and self._sms_lookup is not None
-                and not getattr(delivery, "_fresh", False)):
+        if (not notice.fresh and delivery.sending_since is not None
+                and self._sms_lookup is not None):
             # A worker died during this send: did Twilio take it? Then never send twice.
-            sid = await self._taken(delivery, ctx["phone"], ctx["number"], mode,
+            sid = await self._taken(delivery, ctx["phone"], ctx["number"], notice.mode,
                                     ctx["body"] or "", ctx["org_name"])
             if sid:
                 return SendResult("sent", provider_id=sid)
-        if mode == "sms":
-            text = ctx["body"] or ""
-        else:
-            text = SECURE_SMS_TEXT.format(org=ctx["org_name"], link=await self._link(ctx))
-        return await self._sending(delivery, Outbound(
+        return notice
+
+    def _message(self, notice: _Notice, link: str) -> Outbound:
+        ctx, row = notice.ctx, notice.row
+        if notice.delivery.channel == "email":
+            mail = secure_mail(ctx["org_name"], link)
+            return Outbound(id=row.id, channel="email", purpose=row.purpose, to=ctx["email"],
+                            subject=mail["subject"], text=mail["text"], html=mail["html"])
+        text = (ctx["body"] or "" if notice.mode == "sms"
+                else SECURE_SMS_TEXT.format(org=ctx["org_name"], link=link))
+        return Outbound(
             id=row.id, channel="sms", purpose=row.purpose, to=ctx["phone"], text=text,
             from_number=ctx["number"],
-            status_callback=f"{self._settings.public_url}/webhooks/twilio/status"))
+            status_callback=f"{self._settings.public_url}/webhooks/twilio/status")
 
-    async def record(self, row: OutboxMessage, message: Outbound | None,
-                     result: SendResult, final: bool) -> None:
-        """Keep the outcome on the delivery before the worker acknowledges the row.
-        `final`: the worker will not try this row again."""
-        delivery_id = self._working.pop(row.id, None)
-        delivery = await Delivery.get_or_none(id=delivery_id) if delivery_id else None
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Keep the outcomes on the deliveries before the worker acknowledges the rows:
+        the accepted sends in one statement, the rest one by one."""
+        worked = [(o, self._working.pop(o.row.id, None)) for o in outcomes]
+        accepted = [(o, d) for o, d in worked if d is not None and o.result.status == "sent"]
+        now = utcnow()
+        statuses = await queries.settle_sent(
+            db.connection(), [(d.id, o.result.provider_id) for o, d in accepted], now)
+        for _, delivery in accepted:
+            if statuses.get(delivery.id) == "sent" and delivery.status == "queued":
+                delivery.status, delivery.updated_at = "sent", now
+                self._hub.publish(conversation_topic(delivery.conversation_id),
+                                  delivery_frame(delivery))
+        for outcome, delivery in worked:
+            if delivery is not None and outcome.result.status != "sent":
+                await self._record_one(outcome, delivery.id)
+
+    async def _record_one(self, outcome: Outcome, delivery_id: str) -> None:
+        delivery = await Delivery.get_or_none(id=delivery_id)  # a callback may have moved it
         if delivery is None:
             return
-        if result.status == "sent":
-            # A status callback may have come first (and moved the status on): keep it.
-            delivery.provider_sid = delivery.provider_sid or result.provider_id
-            delivery.sending_since = None
-            if RANK["sent"] > RANK[delivery.status]:
-                await self._move(delivery, "sent")  # one write: status, SID and mark
-            else:
-                await Delivery.filter(id=delivery.id).update(
-                    provider_sid=delivery.provider_sid, sending_since=None)
-            return
+        result, message = outcome.result, outcome.message
         if result.status == "logged":  # no provider configured: say so, as a failure
             delivery.sending_since = None
             await self._move(delivery, "failed", error=result.error, save_anyway=True)
@@ -218,7 +293,7 @@ class PatientMessages:
             await self._opt_out_from(delivery, message)
             await self._move(delivery, "opted_out", error="the patient replied STOP")
             return
-        if result.status == "retryable" and not final:
+        if result.status == "retryable" and not outcome.final:
             if "no answer in time" not in (result.error or ""):
                 # The provider answered: it did not take the message.
                 delivery.sending_since = None
@@ -247,34 +322,6 @@ class PatientMessages:
                     .values_list("provider_sid", flat=True))
         return next((m.sid for m in fits if m.sid not in owned), None)
 
-    async def _delivery(self, row: OutboxMessage, ctx: dict[str, Any], channel: str,
-                        mode: str, *, fallback: bool) -> Delivery:
-        found = await Delivery.get_or_none(event_id=ctx["event_id"], channel=channel,
-                                           kind="message")
-        if found is not None:
-            return found
-        now = utcnow()
-        delivery = Delivery(
-            id=new_id("dl"), org_id=ctx["org_id"], event_id=ctx["event_id"],
-            conversation_id=ctx["conversation_id"], patient_id=row.recipient,
-            channel=channel, mode=mode, status="queued", fallback=fallback, created_at=now,
-            updated_at=now, sending_since=now)  # one write: a send follows at once
-        await delivery.save(force_create=True)
-        delivery._fresh = True  # type: ignore[attr-defined]  # _sending need not write
-        self._hub.publish(conversation_topic(ctx["conversation_id"]), delivery_frame(delivery))
-        return delivery
-
-    async def _link(self, ctx: dict[str, Any]) -> str:
-        return await portal_links.new_link(
-            self._settings, org_id=ctx["org_id"], patient_id=ctx["patient_id"],
-            conversation_id=ctx["conversation_id"], event_id=ctx["event_id"])
-
-    async def _sending(self, delivery: Delivery, message: Outbound) -> Outbound:
-        if not getattr(delivery, "_fresh", False):  # a retry: mark this attempt
-            delivery.sending_since = utcnow()
-            await delivery.save(update_fields=["sending_since"])
-        return message
-
     async def _move(self, delivery: Delivery, status: str, *, error: str | None = None,
                     save_anyway: bool = False) -> None:
         if RANK[status] > RANK[delivery.status] or (
@@ -283,7 +330,9 @@ class PatientMessages:
             delivery.status = status
             delivery.error = (error or "")[:300] or delivery.error
             delivery.updated_at = utcnow()
-            await delivery.save()
+            await Delivery.filter(id=delivery.id).update(
+                status=delivery.status, error=delivery.error, updated_at=delivery.updated_at,
+                sending_since=delivery.sending_since)
             if changed:
                 self._hub.publish(conversation_topic(delivery.conversation_id),
                                   delivery_frame(delivery))
@@ -389,7 +438,10 @@ class PatientReminders:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    async def prepare(self, row: OutboxMessage) -> Outbound | SendResult:
+    async def prepare(self, rows: list[OutboxMessage]) -> list[Outbound | SendResult]:
+        return list(await asyncio.gather(*(self._prepare_one(row) for row in rows)))
+
+    async def _prepare_one(self, row: OutboxMessage) -> Outbound | SendResult:
         delivery = await Delivery.get_or_none(id=(row.payload or {}).get("delivery_id", ""))
         if delivery is None:
             return SendResult("cancelled", error="the notice is gone")
@@ -423,6 +475,6 @@ class PatientReminders:
                         text=REMINDER_SMS_TEXT.format(org=org.name, link=link),
                         from_number=number.number)
 
-    async def record(self, row: OutboxMessage, message: Outbound | None,
-                     result: SendResult, final: bool) -> None:
+    async def record(self, outcomes: list[Outcome]) -> None:
         """A reminder's outcome stays on its outbox row (no delivery state of its own)."""
+

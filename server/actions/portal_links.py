@@ -5,6 +5,8 @@ the older ones."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tortoise.transactions import in_transaction
@@ -17,21 +19,46 @@ from storage.models import PortalLink
 TOKEN_PREFIX = "pl"
 
 
+@dataclass(frozen=True)
+class LinkFor:
+    """Who a new link is for: one patient in one conversation, announcing one message."""
+
+    org_id: str
+    patient_id: str
+    conversation_id: str
+    event_id: str | None
+
+
 async def new_link(settings: Settings, *, org_id: str, patient_id: str, conversation_id: str,
                    event_id: str | None) -> str:
     """A fresh link for the patient to this conversation (older ones stop working)."""
+    return (await new_links(settings, [LinkFor(org_id, patient_id, conversation_id,
+                                               event_id)]))[0]
+
+
+async def new_links(settings: Settings, wanted: Sequence[LinkFor]) -> list[str]:
+    """Fresh links, in the order asked, in one transaction of two statements whatever
+    their number (the outbox worker asks for a batch's worth). Older links of each
+    conversation and patient stop working; of several asked for one pair, the last wins."""
+    if not wanted:
+        return []
     now = utcnow()
-    token = new_secret(TOKEN_PREFIX)
+    expires = now + timedelta(seconds=settings.portal_link_ttl_seconds)
+    tokens = [new_secret(TOKEN_PREFIX) for _ in wanted]
+    last = {(w.conversation_id, w.patient_id): i for i, w in enumerate(wanted)}
+    links = [PortalLink(
+        id=new_id("lk"), token_hash=hash_secret(token, settings.secret_key), org_id=w.org_id,
+        patient_id=w.patient_id, conversation_id=w.conversation_id, event_id=w.event_id,
+        created_at=now, expires_at=expires,
+        revoked_at=None if last[(w.conversation_id, w.patient_id)] == i else now)
+        for i, (w, token) in enumerate(zip(wanted, tokens, strict=True))]
     async with in_transaction():  # one commit for both
-        await PortalLink.filter(conversation_id=conversation_id, patient_id=patient_id,
-                                revoked_at__isnull=True).update(revoked_at=now)
-        await PortalLink.create(
-            id=new_id("lk"), token_hash=hash_secret(token, settings.secret_key),
-            org_id=org_id, patient_id=patient_id, conversation_id=conversation_id,
-            event_id=event_id, created_at=now,
-            expires_at=now + timedelta(seconds=settings.portal_link_ttl_seconds),
-        )
-    return f"{settings.public_url}/p/{token}"
+        await PortalLink.filter(
+            conversation_id__in=list({w.conversation_id for w in wanted}),
+            patient_id__in=list({w.patient_id for w in wanted}),
+            revoked_at__isnull=True).update(revoked_at=now)
+        await PortalLink.bulk_create(links)
+    return [f"{settings.public_url}/p/{token}" for token in tokens]
 
 
 async def live_link(settings: Settings, token: str, now: datetime | None = None
