@@ -1,7 +1,8 @@
 """`python -m bench SCENARIO [options]`: load a BloomText deployment and report what held.
 
 Scenarios: `setup`, `rooms`, `knee`, `idle`, and `cluster` (starts nodes and several
-load processes). See bench/README.md.
+load processes); `fake-twilio` runs a local fake of Twilio's API for patient rooms. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_patient_rooms(group: Any) -> None:
+    group.add_argument(
+        "--patient-rooms",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of the conversations that are patient conversations (secure SMS on a "
+        "number of their own): every staff message there is also sent to the patient "
+        "through the server's Twilio (default 0; see `fake-twilio`)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = rates.add_argument_group("load")
     g.add_argument("--clients", type=_positive(int), default=1000, help="connections = users")
     g.add_argument("--rooms", type=_positive(int), default=100, help="conversations")
+    _add_patient_rooms(g)
     g.add_argument(
         "--drain",
         type=float,
@@ -177,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("cluster", help="start N nodes on PostgreSQL + Redis and drive them with K "
                    "load processes (options: python -m bench cluster --help)")
+    sub.add_parser("fake-twilio", help="run a local fake of Twilio's API for patient rooms "
+                   "(options: python -m bench fake-twilio --help)")
     p = sub.add_parser("setup", parents=[common], help="only create/cache the setup")
     p.add_argument("--clients", type=_positive(int), default=1000)
     p.add_argument("--rooms", type=_positive(int), default=100)
+    _add_patient_rooms(p)
 
     p = sub.add_parser(
         "rooms",
@@ -297,6 +321,7 @@ async def _run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         admin_email=args.admin_email,
         admin_password=os.environ.get("BENCH_ADMIN_PASSWORD"),
+        patient_rooms=getattr(args, "patient_rooms", 0.0),
     )
     for url in urls[1:]:
         async with Api(url, verify=not args.insecure) as node:
@@ -305,10 +330,11 @@ async def _run(args: argparse.Namespace) -> int:
         await api.preflight()
         async with asyncio.timeout(args.setup_timeout):
             state = await ensure_state(api, setup)
+    patient_rooms = sum(1 for room in state.conversations if room.patient_id is not None)
     if args.scenario == "setup":
         print(
             f"setup ready: {len(state.users)} users in {len(state.orgs)} organisation(s), "
-            f"{len(state.conversations)} conversations"
+            f"{len(state.conversations)} conversations ({patient_rooms} with a patient)"
         )
         return 0
 
@@ -325,9 +351,10 @@ async def _run(args: argparse.Namespace) -> int:
             result: Any = idle
         else:
             members = clients / rooms
+            with_patients = f", {patient_rooms} of them with a patient" if patient_rooms else ""
             header = (
                 f"{args.scenario}: {clients} clients in {rooms} conversations "
-                f"({members:g} members each), {nodes}, {codec}"
+                f"({members:g} members each{with_patients}), {nodes}, {codec}"
             )
             if args.scenario == "rooms":
                 outcome = await run_rates(state, cfg, [args.rate], args.duration, False)
@@ -373,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import cluster
 
         return cluster.main(argv[1:])
+    if argv[:1] == ["fake-twilio"]:  # a foreground server, not a load scenario
+        from bench import fake_twilio
+
+        return fake_twilio.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.scenario == "idle" and args.users < 2:
         log("error: --users must be at least 2 (the setup creates one conversation)")

@@ -164,6 +164,71 @@ class Api:
         _require(data, ("id",), "POST /api/v1/conversations")
         return data
 
+    async def conversation_status(self, token: str, conversation_id: str) -> int:
+        """The status of `GET /api/v1/conversations/<id>` (402 once the plan no longer
+        allows a patient conversation, 404 when it is gone)."""
+        path = f"/api/v1/conversations/{conversation_id}"
+        try:
+            await self.request("GET", path, token=token, expect=(200,))
+        except ApiError as exc:
+            return exc.status
+        return 200
+
+    # -- patient conversations (trial or paid plan; phone numbers need a Twilio) -----------
+
+    async def create_team(self, admin_token: str, name: str) -> str:
+        data = await self.request(
+            "POST", "/api/v1/teams", token=admin_token, body={"name": name}, expect=(201,)
+        )
+        _require(data, ("id",), "POST /api/v1/teams")
+        return str(data["id"])
+
+    async def add_to_team(self, admin_token: str, team_id: str, user_id: str) -> None:
+        path = f"/api/v1/teams/{team_id}/members/{user_id}"
+        await self.request("PUT", path, token=admin_token, expect=(204, 200))
+
+    async def available_numbers(self, admin_token: str, area_code: str) -> list[str]:
+        """The numbers the server's Twilio offers in `area_code` (one page)."""
+        data = await self.request(
+            "GET", f"/api/v1/phone-numbers/available?area_code={area_code}",
+            token=admin_token, expect=(200,),
+        )
+        _require(data, ("items",), "GET /api/v1/phone-numbers/available")
+        return [str(item["number"]) for item in data["items"]]
+
+    async def buy_number(self, admin_token: str, number: str, team_id: str) -> dict[str, Any]:
+        """Buys `number` through the server's Twilio for `team_id`: `{id, number, team_id}`."""
+        data = await self.request(
+            "POST", "/api/v1/phone-numbers", token=admin_token,
+            body={"number": number, "team_id": team_id}, expect=(201,),
+        )
+        _require(data, ("id", "number"), "POST /api/v1/phone-numbers")
+        return data
+
+    async def create_patient(self, token: str, fields: dict[str, str]) -> str:
+        data = await self.request(
+            "POST", "/api/v1/patients", token=token, body=fields, expect=(201, 200)
+        )
+        _require(data, ("id",), "POST /api/v1/patients")
+        return str(data["id"])
+
+    async def create_patient_conversation(
+        self, token: str, patient_id: str, phone_number_id: str, channel: str,
+        subject: str | None = None,
+    ) -> dict[str, Any]:
+        """The server makes the number's team (and the caller) its staff participants."""
+        body: dict[str, Any] = {
+            "to": [{"patient_id": patient_id}], "phone_number_id": phone_number_id,
+            "channel": channel,
+        }
+        if subject:
+            body["subject"] = subject
+        data = await self.request(
+            "POST", "/api/v1/conversations", token=token, body=body, expect=(201, 200)
+        )
+        _require(data, ("id", "participants"), "POST /api/v1/conversations")
+        return data
+
 
 def _require(data: Any, keys: tuple[str, ...], what: str) -> None:
     if not isinstance(data, dict) or any(key not in data for key in keys):

@@ -266,6 +266,13 @@ class BenchClient:
                 recorder = self.router.find(client_id)
                 if recorder is not None:
                     recorder.on_ack(client_id, event, t)
+        elif kind == "delivery":  # the SMS of a message in a patient conversation
+            self.router.on_delivery(
+                str(frame.get("conversation_id")),
+                str(frame.get("message_id")),
+                str(frame.get("status")),
+                t,
+            )
         elif kind == "error":
             code = str(frame.get("code") or "unknown")
             client_id = self._pending.pop(frame.get("ref"), None)

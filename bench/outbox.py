@@ -34,10 +34,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.fake_twilio import FakeTwilio  # noqa: E402  (the tests' fake, reused as is)
+from bench.api import Api
+from bench.fake_twilio import ROOT, FakeTwilio, twilio_env
 
 
 def free_port() -> int:
@@ -65,23 +63,19 @@ async def wait_ready(url: str, timeout: float) -> None:
     raise SystemExit(f"the server at {url} did not get ready in {timeout:.0f} s")
 
 
-async def setup(http: httpx.AsyncClient, fake: FakeTwilio, patients: int, channel: str
-                ) -> tuple[dict[str, str], list[str]]:
-    r = await http.post("/api/v1/signup", json={
-        "org_name": "Bench clinic", "name": "Bench", "email": f"b{secrets.token_hex(4)}@x.org",
-        "password": secrets.token_urlsafe(12)})
-    r.raise_for_status()
-    auth = {"Authorization": f"Bearer {r.json()['token']}"}
-    me = r.json()["user"]["id"]
-    (await http.post("/api/v1/org/trial", headers=auth)).raise_for_status()
-    team = (await http.post("/api/v1/teams", json={"name": "Desk"}, headers=auth)).json()["id"]
-    (await http.put(f"/api/v1/teams/{team}/members/{me}", headers=auth)).raise_for_status()
+async def setup(api: Api, http: httpx.AsyncClient, fake: FakeTwilio, patients: int,
+                channel: str) -> tuple[dict[str, str], list[str]]:
+    signed_up = await api.signup("Bench clinic", "Bench", f"b{secrets.token_hex(4)}@x.org",
+                                 secrets.token_urlsafe(12))
+    token = signed_up["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    if not await api.start_trial(token):
+        raise SystemExit("the clinic's trial did not start")
+    team = await api.create_team(token, "Desk")
+    await api.add_to_team(token, team, signed_up["user"]["id"])
     number = "+14155550100"
     fake.set_available("415", [(number, "San Francisco", "CA")])
-    r = await http.post("/api/v1/phone-numbers", json={"number": number, "team_id": team},
-                        headers=auth)
-    r.raise_for_status()
-    number_id = r.json()["id"]
+    number_id = str((await api.buy_number(token, number, team))["id"])
     rows = "first_name,last_name,phone,email\n" + "".join(
         f"P{i},Bench,+1628555{i:04d},p{i}@example.org\n" for i in range(patients))
     r = await http.post("/api/v1/patients/import", content=rows.encode(),
@@ -105,11 +99,9 @@ async def setup(http: httpx.AsyncClient, fake: FakeTwilio, patients: int, channe
             break
     conversations = []
     for patient_id in ids[:patients]:
-        r = await http.post("/api/v1/conversations", json={
-            "to": [{"patient_id": patient_id}], "phone_number_id": number_id,
-            "channel": channel}, headers=auth)
-        r.raise_for_status()
-        conversations.append(r.json()["id"])
+        conversation = await api.create_patient_conversation(token, patient_id, number_id,
+                                                             channel)
+        conversations.append(conversation["id"])
     return auth, conversations
 
 
@@ -119,8 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "PORT": str(port), "PUBLIC_URL": url, "SIGNUP_OPEN": "true",
                "DATABASE_URL": args.database_url or f"sqlite://{tmp}/outbox.sqlite3",
-               "TWILIO_ACCOUNT_SID": fake.account_sid, "TWILIO_AUTH_TOKEN": fake.auth_token,
-               "TWILIO_API_URL": fake.url, "BLOOMTEXT_LOG_LEVEL": "warning"}
+               **twilio_env(fake), "BLOOMTEXT_LOG_LEVEL": "warning"}
         if args.backlog:  # the web node stores; a separate worker drains afterwards
             env["BLOOMTEXT_OUTBOX_WORKER"] = "off"
         subprocess.run([sys.executable, "-m", "server", "migrate"], env=env, cwd=ROOT,
@@ -129,8 +120,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await wait_ready(url, 30)
-            async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
-                auth, conversations = await setup(http, fake, args.patients, args.channel)
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as http, Api(url) as api:
+                auth, conversations = await setup(api, http, fake, args.patients,
+                                                  args.channel)
                 before = len(fake.messages)
                 sem = asyncio.Semaphore(args.concurrency)
                 started = time.perf_counter()

@@ -73,6 +73,7 @@ def step_lines(r: StepResult) -> list[tuple[str, str]]:
         ("unacked", f"{r.unacked:,}  (rejected with an error: {r.rejected:,})"),
         ("errors", _errors(r.errors)),
         ("gaps in seq", f"{r.out_of_order:,}"),
+        *([("patient SMS", _patient_sms(r))] if r.patient_sends else []),
         ("disconnects", f"{r.disconnects:,}"),
         (
             "server cpu",
@@ -94,6 +95,15 @@ def step_lines(r: StepResult) -> list[tuple[str, str]]:
         ("verdict", r.verdict),
         *([("warning", SATURATED)] if bench_saturated(r) else []),
     ]
+
+
+def _patient_sms(r: StepResult) -> str:
+    sms = r.patient_sms_latency_ms
+    return (
+        f"{r.patient_sms_sent:,} of {r.patient_sends:,} acked patient-room sends handed to "
+        f"Twilio (failed {r.patient_sms_failed:,}); send -> `sent` frame p50 {sms.p50:g}  "
+        f"p99 {sms.p99:g}  max {sms.max:g} ms"
+    )
 
 
 def format_timeline(r: StepResult) -> str:
@@ -143,9 +153,20 @@ def format_knee(outcome: RoomsOutcome, header: str, timeline: bool = False) -> s
         "tool cpu%",
         "verdict",
     ]
+    # With patient rooms: the SMS handed to Twilio of the acked sends there, and how long
+    # after the send (not part of the verdict: that is the staff's send path).
+    patients = any(r.patient_sends for r in outcome.steps)
+    if patients:
+        headers[-1:-1] = ["sms sent", "sms p99"]
     rows = []
     for r in outcome.steps:
         lat = r.latency_ms
+        failed = f" ({r.patient_sms_failed} failed)" if r.patient_sms_failed else ""
+        sms = (
+            [f"{r.patient_sms_sent}/{r.patient_sends}{failed}", f"{r.patient_sms_latency_ms.p99:g}"]
+            if patients
+            else []
+        )
         rows.append(
             [
                 str(r.step),
@@ -164,6 +185,7 @@ def format_knee(outcome: RoomsOutcome, header: str, timeline: bool = False) -> s
                 _fmt(r.server.cpu_percent, 0),
                 _fmt(r.server.peak_rss_mib),
                 _fmt(r.tool_cpu_percent, 0),
+                *sms,
                 r.verdict,
             ]
         )

@@ -55,6 +55,9 @@ class Fleet:
         self.counters = ClientCounters()
         self.clients = [self.new_client(i) for i in range(state.clients)]
         self.conv_of = {i: state.conversations[state.room_of(i)].id for i in range(state.clients)}
+        self.patient_convs = frozenset(
+            room.id for room in state.conversations if room.patient_id is not None
+        )
         self.members: dict[str, list[int]] = {}  # conversation -> connected clients
         for i in range(state.clients):  # until `open`: as if every client will connect
             self.members.setdefault(self.conv_of[i], []).append(i)
@@ -141,7 +144,7 @@ async def run_step(
         sends_per_client_per_s=round(per_client, 3),
         duration_s=duration,
     )
-    recorder = StepRecorder(f"{fleet.run_id}.{step}", fleet.members)
+    recorder = StepRecorder(f"{fleet.run_id}.{step}", fleet.members, fleet.patient_convs)
     fleet.router.add(recorder)
     # No garbage collection pauses inside the measurement (they stall every client at
     # once); the long-lived objects are frozen out of the collector's sight meanwhile.

@@ -5,6 +5,11 @@ created by its first member, so every participant is a bench client. Admins only
 their organisation and never connect. When an organisation reaches its plan's seat limit,
 the bench starts its trial once, and then opens another organisation (and starts its
 trial) for the rooms that did not fit (a conversation never spans two organisations).
+
+With `patient_rooms` (a fraction), that share of the rooms are patient conversations: the
+room's members are the team of a phone number of its own (bought through the server's
+Twilio), and its first member starts a secure SMS conversation with a patient on that
+number. Every staff message there is also sent to the patient by the server's outbox.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from bench.api import Api, ApiError
 from bench.util import OUT_DIR_NAME, BenchError, Progress, host_slug, log
 
 STATE_VERSION = 1
+# Patient rooms buy their numbers in this area code (`python -m bench fake-twilio` offers
+# them there) and talk to their patient over this channel.
+NUMBER_AREA_CODE = "415"
+PATIENT_CHANNEL = "secure_sms"
 
 
 @dataclass
@@ -47,6 +56,8 @@ class OrgRec:
 class RoomRec:
     id: str
     members: list[int]
+    patient_id: str | None = None  # set for a patient conversation
+    phone_number: str | None = None  # its number, owned by a team of exactly `members`
 
 
 @dataclass
@@ -57,6 +68,7 @@ class BenchState:
     suffix: str
     password: str
     created_at: float
+    patient_rooms: float = 0.0  # the share of rooms that are patient conversations
     orgs: list[OrgRec] = field(default_factory=list)
     users: list[UserRec] = field(default_factory=list)
     conversations: list[RoomRec] = field(default_factory=list)
@@ -77,6 +89,7 @@ class BenchState:
             suffix=data["suffix"],
             password=data["password"],
             created_at=float(data["created_at"]),
+            patient_rooms=float(data.get("patient_rooms", 0.0)),  # older caches: none
             version=int(data["version"]),
         )
         state.orgs = [OrgRec(**org) for org in data["orgs"]]
@@ -94,15 +107,33 @@ class SetupOptions:
     fresh: bool = False
     admin_email: str | None = None
     admin_password: str | None = None
+    patient_rooms: float = 0.0
 
 
-def default_state_path(base_url: str, clients: int, rooms: int) -> Path:
+def default_state_path(
+    base_url: str, clients: int, rooms: int, patient_rooms: float = 0.0
+) -> Path:
+    """Without patient rooms the name it always had, so that existing caches still count."""
     out = Path(__file__).resolve().parent / OUT_DIR_NAME
-    return out / f"state-{host_slug(base_url)}-{clients}-{rooms}.json"
+    mix = f"-p{patient_rooms:g}" if patient_rooms > 0 else ""
+    return out / f"state-{host_slug(base_url)}-{clients}-{rooms}{mix}.json"
 
 
 def members_of_room(room: int, clients: int, rooms: int) -> list[int]:
     return list(range(room, clients, rooms))
+
+
+def patient_room_indices(rooms: int, fraction: float) -> set[int]:
+    """round(fraction x rooms) rooms (at least one when fraction > 0), spread evenly."""
+    if fraction <= 0:
+        return set()
+    count = min(rooms, max(1, round(fraction * rooms)))
+    return {i * rooms // count for i in range(count)}
+
+
+def patient_phone(room: int) -> str:
+    """A valid US mobile number per room (a fake Twilio accepts any E.164 number)."""
+    return f"+1628555{room % 10_000:04d}"
 
 
 async def ensure_state(api: Api, opts: SetupOptions) -> BenchState:
@@ -112,11 +143,15 @@ async def ensure_state(api: Api, opts: SetupOptions) -> BenchState:
             "every conversation needs at least 2 members: use --clients >= 2 x --rooms "
             "(and --users >= 2 for idle)"
         )
-    path = opts.state_path or default_state_path(api.base_url, opts.clients, opts.rooms)
+    path = opts.state_path or default_state_path(
+        api.base_url, opts.clients, opts.rooms, opts.patient_rooms
+    )
     if not opts.fresh and path.exists():
         state = _load(path)
         if state is not None and _matches(state, opts):
-            if await _refresh_tokens(api, state, opts.concurrency):
+            if await _refresh_tokens(api, state, opts.concurrency) and await _patients_allowed(
+                api, state
+            ):
                 _save(path, state)
                 log(
                     f"setup: reusing {path} ({len(state.users)} users, "
@@ -156,6 +191,7 @@ def _matches(state: BenchState, opts: SetupOptions) -> bool:
         state.version == STATE_VERSION
         and state.clients == opts.clients
         and state.rooms == opts.rooms
+        and state.patient_rooms == opts.patient_rooms
         and len(state.users) == opts.clients
         and len(state.conversations) == opts.rooms
     )
@@ -198,6 +234,17 @@ async def _refresh_tokens(api: Api, state: BenchState, concurrency: int) -> bool
     if relogged:
         log(f"setup: logged {relogged} user(s) in again (their tokens no longer worked)")
     return True
+
+
+async def _patients_allowed(api: Api, state: BenchState) -> bool:
+    """A cached patient conversation still answers: it is 402 once the trial has run out."""
+    room = next((r for r in state.conversations if r.patient_id is not None), None)
+    if room is None:
+        return True
+    status = await api.conversation_status(state.users[room.members[0]].token, room.id)
+    if status != 200:
+        log(f"setup: the cached patient conversation {room.id} answers {status}")
+    return status == 200
 
 
 # -- creation --------------------------------------------------------------------------------
@@ -249,12 +296,15 @@ class _Creator:
         self.lock = asyncio.Lock()
         self.user_progress = Progress("users", opts.clients)
         self.room_progress = Progress("conversations", opts.rooms, every=5.0)
+        self.patient_rooms = patient_room_indices(opts.rooms, opts.patient_rooms)
+        self.state.patient_rooms = opts.patient_rooms
+        self.numbers = _NumberPool(api)
 
     async def run(self) -> BenchState:
         log(
             f"setup: creating {self.opts.clients} users and {self.opts.rooms} conversations "
-            f"on {self.api.base_url} (concurrency {self.opts.concurrency}; each user costs a "
-            "password hash and a login)"
+            f"({len(self.patient_rooms)} with a patient) on {self.api.base_url} (concurrency "
+            f"{self.opts.concurrency}; each user costs a password hash and a login)"
         )
         async with self.lock:
             await self._new_org()
@@ -295,6 +345,8 @@ class _Creator:
         self.seats.append(_Seats(limit=limit, used_at_open=used))
         if k > 0:
             log(f"setup: opened organisation #{k} (free seats: {self._free_text(k)})")
+        if self.patient_rooms:  # patient features need the trial (or a paid plan)
+            await self._try_trial(k)
 
     def _free_text(self, k: int) -> str:
         free = self.seats[k].free(self.learned)
@@ -381,15 +433,81 @@ class _Creator:
             self.users[i] = UserRec(str(created["id"]), email, name, str(token), org_index)
             if fresh:
                 self.user_progress.advance(extra=f"conversations {self.room_progress.done}")
-        creator = self.users[members[0]]
-        assert creator is not None
-        others = [u.id for i in members[1:] if (u := self.users[i]) is not None]
-        async with self.sem:
-            conv = await self.api.create_conversation(
-                creator.token, others, f"bench {s} room {room}"
-            )
-        self.rooms[room] = RoomRec(id=str(conv["id"]), members=members)
+        staff = [user for i in members if (user := self.users[i]) is not None]
+        if room in self.patient_rooms:
+            self.rooms[room] = await self._patient_room(room, members, staff, org)
+        else:
+            async with self.sem:
+                conv = await self.api.create_conversation(
+                    staff[0].token, [u.id for u in staff[1:]], f"bench {s} room {room}"
+                )
+            self.rooms[room] = RoomRec(id=str(conv["id"]), members=members)
         self.room_progress.advance()
+
+    async def _patient_room(
+        self, room: int, members: list[int], staff: list[UserRec], org: OrgRec
+    ) -> RoomRec:
+        """A team of exactly the room's members owns a number of its own (a team's members
+        take part in every patient conversation on its numbers); the first member starts a
+        conversation with a new patient on it, and the server adds the team."""
+        s = self.state.suffix
+        async with self.sem:
+            team_id = await self.api.create_team(org.admin_token, f"bench {s} room {room}")
+            for user in staff:
+                await self.api.add_to_team(org.admin_token, team_id, user.id)
+        number = await self.numbers.buy(org.admin_token, team_id)
+        async with self.sem:
+            patient_id = await self.api.create_patient(
+                org.admin_token,
+                {"first_name": f"Room{room}", "last_name": "Bench", "phone": patient_phone(room)},
+            )
+            conv = await self.api.create_patient_conversation(
+                staff[0].token, patient_id, str(number["id"]), PATIENT_CHANNEL,
+                f"bench {s} patient room {room}",
+            )
+        got = {str(p["id"]) for p in conv["participants"] if p.get("kind") != "patient"}
+        if got != {user.id for user in staff}:
+            raise BenchError(
+                f"patient room {room}: the server made {len(got)} staff participants instead "
+                f"of the room's {len(staff)} members"
+            )
+        return RoomRec(
+            id=str(conv["id"]), members=members, patient_id=patient_id,
+            phone_number=str(number["number"]),
+        )
+
+
+class _NumberPool:
+    """Buys the patient rooms' numbers, one at a time, among those the server's Twilio
+    offers in NUMBER_AREA_CODE. A number this server already has (a fake Twilio restarted
+    against an old database offers it again) is refused with 409 and skipped."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.offered: list[str] = []
+        self.refused: set[str] = set()
+        self.lock = asyncio.Lock()  # two rooms must not race for the same number
+
+    async def buy(self, admin_token: str, team_id: str) -> dict[str, Any]:
+        async with self.lock:
+            while True:
+                if not self.offered:
+                    found = await self.api.available_numbers(admin_token, NUMBER_AREA_CODE)
+                    self.offered = [n for n in found if n not in self.refused]
+                if not self.offered:
+                    raise BenchError(
+                        f"the server's Twilio offers no number in area code {NUMBER_AREA_CODE} "
+                        "that this server does not have already; patient rooms need one each "
+                        "(`python -m bench fake-twilio` offers them: restart it, or start the "
+                        "server on a fresh database)"
+                    )
+                number = self.offered.pop(0)
+                try:
+                    return await self.api.buy_number(admin_token, number, team_id)
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+                    self.refused.add(number)
 
 
 async def _create(api: Api, opts: SetupOptions) -> BenchState:

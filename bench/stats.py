@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NS_PER_MS = 1_000_000
+# `delivery` frame statuses: the SMS reached Twilio, or will never be sent.
+SMS_HANDED_OVER = frozenset({"sent", "delivered"})
+SMS_FAILED = frozenset({"failed", "undelivered", "opted_out"})
 
 
 def now_ns() -> int:
@@ -140,14 +143,30 @@ class StepResult:
     held: bool | None = None
     verdict: str = ""
     timeline: list[Second] = field(default_factory=list)
+    # Patient conversations: acked sends there, and the SMS the server's outbox handed to
+    # Twilio for them (a `delivery` frame `sent` reached a member before the drain ended).
+    patient_sends: int = 0
+    patient_sms_sent: int = 0
+    patient_sms_failed: int = 0
+    patient_sms_latency_ms: Latency = field(default_factory=Latency)  # send -> `sent` frame
 
 
 class StepRecorder:
     """Everything observed about the sends of one step."""
 
-    def __init__(self, key: str, members: dict[str, list[int]]) -> None:
+    def __init__(
+        self,
+        key: str,
+        members: dict[str, list[int]],
+        patient_convs: frozenset[str] = frozenset(),
+    ) -> None:
         self.key = key
         self.members = members  # conversation id -> client indices
+        self.patient_convs = patient_convs
+        self.patient_acked: dict[str, str] = {}  # event id -> client_id, patient rooms only
+        self.sms_sent_at: dict[str, int] = {}  # event id -> first `sent` frame, ns
+        self.sms_failed: set[str] = set()  # event ids
+        self.sms_settled = 0  # acked patient sends whose SMS was sent or failed
         self.send_conv: dict[str, str] = {}  # client_id -> conversation id
         self.send_time: dict[str, int] = {}  # client_id -> ns
         self.acked: dict[str, str] = {}  # client_id -> event id
@@ -182,6 +201,10 @@ class StepRecorder:
             return
         self.acked[client_id] = event_id
         self.expected += len(self.members.get(self.send_conv[client_id], ()))
+        if self.send_conv[client_id] in self.patient_convs:
+            self.patient_acked[event_id] = client_id
+            if event_id in self.sms_sent_at or event_id in self.sms_failed:
+                self.sms_settled += 1  # its `delivery` frame beat the ack
         self.ack_latencies.append(t - self.send_time[client_id])
         self.t_last_ack = t
 
@@ -210,14 +233,32 @@ class StepRecorder:
                 self.per_second_max[second] = latency
         self.t_last_delivery = t
 
+    def on_delivery(self, conversation_id: str, message_id: str, status: str, t: int) -> None:
+        """A `delivery` frame: every staff member gets one per status of the patient's SMS;
+        the first `sent` (or final failure) of a message counts."""
+        if conversation_id not in self.patient_convs:
+            return
+        if message_id in self.sms_sent_at or message_id in self.sms_failed:
+            return
+        if status in SMS_HANDED_OVER:
+            self.sms_sent_at[message_id] = t
+        elif status in SMS_FAILED:
+            self.sms_failed.add(message_id)
+        else:
+            return
+        if message_id in self.patient_acked:
+            self.sms_settled += 1
+
     # -- progress --------------------------------------------------------------------------
 
     @property
     def resolved(self) -> bool:
-        """Every send acked or rejected, and every expected delivery received."""
+        """Every send acked or rejected, every expected delivery received, and every
+        patient's SMS sent or failed."""
         return (
             len(self.acked) + len(self.rejected - self.acked.keys()) >= len(self.send_conv)
             and len(self.seen) >= self.expected
+            and self.sms_settled >= len(self.patient_acked)
         )
 
     # -- summary ---------------------------------------------------------------------------
@@ -241,6 +282,7 @@ class StepRecorder:
         r.ack_latency_ms = Latency.from_ns(self.ack_latencies)
         r.errors = dict(self.errors)
         r.scheduler_max_lag_ms = round(self.max_lag_ns / NS_PER_MS, 3)
+        self._patient_result(r)
         r.timeline = [
             Second(second, count, round(peak / NS_PER_MS, 3))
             for second, (count, peak) in enumerate(
@@ -248,6 +290,17 @@ class StepRecorder:
             )
         ]
         return r
+
+    def _patient_result(self, r: StepResult) -> None:
+        sms_latencies = array("q")
+        for event_id, client_id in self.patient_acked.items():
+            sent_at = self.sms_sent_at.get(event_id)
+            if sent_at is not None:
+                sms_latencies.append(sent_at - self.send_time[client_id])
+        r.patient_sends = len(self.patient_acked)
+        r.patient_sms_sent = len(sms_latencies)
+        r.patient_sms_failed = len(self.sms_failed & self.patient_acked.keys())
+        r.patient_sms_latency_ms = Latency.from_ns(sms_latencies)
 
     def _losses(self) -> int:
         lost = 0
@@ -277,6 +330,11 @@ class Router:
 
     def remove(self, recorder: StepRecorder) -> None:
         self.recorders.pop(recorder.key, None)
+
+    def on_delivery(self, conversation_id: str, message_id: str, status: str, t: int) -> None:
+        """`delivery` frames carry no client_id: the step that sent the message knows it."""
+        for recorder in self.recorders.values():
+            recorder.on_delivery(conversation_id, message_id, status, t)
 
     def find(self, client_id: object) -> StepRecorder | None:
         if not isinstance(client_id, str):
