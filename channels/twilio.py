@@ -20,10 +20,11 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -306,6 +307,59 @@ class TwilioNumbers:
         if not bought.sid or not bought.phone_number:
             raise TelephonyError("unavailable", "its answer named no number")
         return OwnedNumber(bought.phone_number, bought.sid)
+
+
+# -- MMS media ------------------------------------------------------------------------------
+
+
+class TwilioMedia:
+    """The media of an inbound MMS: `MediaUrlN` of the webhook, fetched with the account's
+    credentials. Twilio answers with a redirect to its media store, followed without them.
+    Only URLs on `*.twilio.com` are fetched (the webhook names them; nothing else is asked
+    for, whatever a request says)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        http = client.http_client
+        assert isinstance(http, _BoundedHttpClient)
+        self._http = http
+
+    async def aclose(self) -> None:
+        await close_twilio_client(self._client)
+
+    @staticmethod
+    def is_twilio_url(url: str) -> bool:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        return parts.scheme == "https" and (host == "twilio.com" or host.endswith(".twilio.com"))
+
+    async def chunks(self, url: str, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """The media's bytes as they arrive. TelephonyError when it cannot be fetched."""
+        if not self.is_twilio_url(url):
+            raise TelephonyError("refused", "not a Twilio media URL")
+        timeout = aiohttp.ClientTimeout(total=self._http.timeout * 3)
+        auth = aiohttp.encode_basic_auth(self._client.username, self._client.password)
+        target, headers = self._http._rewrite(url), {"Authorization": auth}
+        try:
+            for _ in range(3):  # Twilio's redirect to its media store, and no more
+                async with self._http._session().get(
+                        target, headers=headers, allow_redirects=False,
+                        timeout=timeout) as answer:
+                    if answer.status in (301, 302, 303, 307, 308):
+                        target = urljoin(target, answer.headers.get("Location", ""))
+                        headers = {}
+                        continue
+                    if answer.status != 200:
+                        raise TelephonyError(
+                            "unavailable" if answer.status >= 500 else "refused",
+                            f"the media answered HTTP {answer.status}")
+                    async for chunk in answer.content.iter_chunked(chunk_size):
+                        yield chunk
+                    return
+            raise TelephonyError("refused", "too many redirects for the media")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TelephonyError("unavailable", f"the media could not be fetched "
+                                 f"({type(exc).__name__})") from exc
 
 
 # -- SMS ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from channels.email_smtp import SmtpSender
 from channels.outbox import OutboxWorker
 from channels.sender import LoggingSender, Sender
-from channels.twilio import TwilioNumbers, TwilioSmsSender, make_twilio_client
+from channels.twilio import TwilioMedia, TwilioNumbers, TwilioSmsSender, make_twilio_client
 from realtime.broker import make_broker
 from realtime.hub import Hub
 from server.actions import conversations, delivery, externals
@@ -32,6 +32,7 @@ from server.http import JSON, ROUTES
 
 # Importing the route modules registers their routes.
 from server.routes import api as _api  # noqa: F401, I001
+from server.routes import files as _files  # noqa: F401
 from server.routes import meta as _meta  # noqa: F401
 from server.routes import patients as _patients  # noqa: F401
 from server.routes import portal as _portal  # noqa: F401
@@ -39,6 +40,7 @@ from server.routes import webhooks as _webhooks  # noqa: F401
 from server.routes.pages import CLIENT_DIR
 from server.ws import watch_sessions, ws_endpoint
 from storage import db
+from storage.blobs import LocalBlobStore
 from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext")
@@ -176,14 +178,14 @@ def make_outbox(settings: Settings, hub: Hub) -> OutboxWorker:
         batch_size=50)
 
 
-def make_numbers(settings: Settings) -> TwilioNumbers | None:
-    """Twilio's phone-number API, or None when the server has no Twilio credentials."""
+def make_numbers(settings: Settings) -> tuple[TwilioNumbers | None, TwilioMedia | None]:
+    """Twilio's phone-number API and its MMS media, or None when the server has no Twilio
+    credentials."""
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
-        return None
-    return TwilioNumbers(make_twilio_client(settings.twilio_account_sid,
-                                            settings.twilio_auth_token,
-                                            settings.twilio_api_url,
-                                            timeout=settings.twilio_timeout))
+        return None, None
+    client = make_twilio_client(settings.twilio_account_sid, settings.twilio_auth_token,
+                                settings.twilio_api_url, timeout=settings.twilio_timeout)
+    return TwilioNumbers(client), TwilioMedia(client)  # one pooled session for both
 
 
 def create_app(settings: Settings | None = None) -> Application:
@@ -203,8 +205,9 @@ def create_app(settings: Settings | None = None) -> Application:
                 max_per_address=settings.login_max_failures_per_address,
                 secret_key=settings.secret_key,
             ),
+            blobs=LocalBlobStore(settings.data_dir / "blobs"),
         )
-        svc.numbers = make_numbers(settings)
+        svc.numbers, svc.media = make_numbers(settings)
         svc.patient_gate = PatientSendGate()
         svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()

@@ -54,6 +54,7 @@ KNOWN_VARIABLES = frozenset(
         "SEATS_PRO",
         "BLOOMTEXT_OUTBOX_WORKER",
         "BLOOMTEXT_MAX_IMPORT_BYTES",
+        "BLOOMTEXT_DATA_DIR",
         "BLOOMTEXT_TWILIO_TIMEOUT",
         "BLOOMTEXT_OUTBOX_LEASE_SECONDS",
         "BLOOMTEXT_REMINDER_AFTER_SECONDS",
@@ -103,6 +104,8 @@ class Settings:
     max_json_bytes: int = 1024 * 1024
     # A patient import's CSV file (streamed to a temporary file, read row by row).
     max_import_bytes: int = 50 * 1024 * 1024
+    # Where files' bytes are kept (`blobs/` under it), next to the default SQLite file.
+    data_dir: Path = Path("data")
     # Seconds a call to Twilio may take before it counts as Twilio being unavailable.
     twilio_timeout: float = 10.0
     # Independent send writers per node, conversations hashed onto them; None picks
@@ -272,6 +275,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         portal_link_ttl_seconds=_int(env, "PORTAL_LINK_TTL_SECONDS", 604800, minimum=60),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 26214400, minimum=1),
         max_import_bytes=_int(env, "BLOOMTEXT_MAX_IMPORT_BYTES", 50 * 1024 * 1024, minimum=1),
+        data_dir=Path(env.get("BLOOMTEXT_DATA_DIR") or "data"),
         twilio_timeout=float(_int(env, "BLOOMTEXT_TWILIO_TIMEOUT", 10, minimum=1)),
         signup_open=_bool(env, "SIGNUP_OPEN", not production),
         production=production,

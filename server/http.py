@@ -222,7 +222,9 @@ class RouteSpec:
     errors: tuple[int, ...] = ()
     tag: str = "api"
     content_type: str = "application/json"
-    upload: bool = False  # the body is a file: text/csv, or multipart field `file`
+    # The body is a file: "csv" (text/csv, or multipart field `file`), or "file"
+    # (multipart field `file`, with optional text fields `body` and `client_id`).
+    upload: str = ""
     form: type | None = None  # the body is application/x-www-form-urlencoded (webhooks)
 
 
@@ -242,7 +244,7 @@ def route(
     errors: tuple[int, ...] = (),
     tag: str = "api",
     content_type: str = "application/json",
-    upload: bool = False,
+    upload: str = "",
     form: type | None = None,
 ) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
     def register(

@@ -409,3 +409,28 @@ class PortalTicket(Model):
 
     class Meta:
         table = "portal_tickets"
+
+
+class StoredFile(Model):
+    """A file shared in a conversation: its name and type as accepted, and the hash of
+    its bytes, which live in the blob store (storage/blobs.py). Several rows may name the
+    same blob (the same file sent twice); it is removed once none does. `event_id` is
+    the message that carries it (none while it is being sent)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org_id = fields.CharField(max_length=32)
+    conversation_id = fields.CharField(max_length=32)
+    event_id = fields.CharField(max_length=32, null=True)
+    uploader_id = fields.CharField(max_length=32)  # a user (staff, external, patient)
+    name = fields.CharField(max_length=255)
+    content_type = fields.CharField(max_length=100)
+    size = fields.BigIntField()
+    sha256 = fields.CharField(max_length=64, index=True)
+    # Where it came from: `upload`, or `mms` (an inbound MMS's media, fetched from Twilio).
+    source = fields.CharField(max_length=16, default="upload", db_default="upload")
+    recalled = fields.BooleanField(default=False, db_default=False)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "files"
+        indexes = (("conversation_id", "event_id"),)

@@ -434,16 +434,18 @@ async def notice_contexts(
     conn: BaseDBAsyncClient, wanted: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """What patients' notifications need, in one read for a batch of (event id, patient
-    id): each event, its conversation's channel and number, the organisation's name, the
-    patient's phone and email, and whether that phone opted out of that number. Keyed by
-    the pair; a pair whose event is gone is missing."""
+    id): each event (and whether it carries files), its conversation's channel and
+    number, the organisation's name, the patient's phone and email, and whether that
+    phone opted out of that number. Keyed by the pair; a pair whose event is gone is
+    missing."""
     if not wanted:
         return {}
     sql = Sql(conn)
     pairs = ", ".join(f"({sql.param(event)}, {sql.param(patient)})" for event, patient in wanted)
     rows = await sql.rows(
         f"WITH wanted(event_id, patient_id) AS (VALUES {pairs})"
-        " SELECT e.id AS event_id, e.seq, e.body, e.recalled, c.id AS conversation_id,"
+        " SELECT e.id AS event_id, e.seq, e.body, e.recalled,"
+        " CAST(e.attachments AS TEXT) NOT IN ('[]', '') AS has_files, c.id AS conversation_id,"
         " c.org_id, c.channel, c.phone_number_id, o.name AS org_name,"
         " w.patient_id AS wanted_patient, pt.id AS patient_id,"
         " pt.phone, pt.email, n.number,"
@@ -458,7 +460,8 @@ async def notice_contexts(
     found = {}
     for row in rows:
         ctx = dict(row)
-        ctx["recalled"], ctx["opted_out"] = bool(ctx["recalled"]), bool(ctx["opted_out"])
+        for flag in ("recalled", "opted_out", "has_files"):
+            ctx[flag] = bool(ctx[flag])
         found[(ctx["event_id"], ctx.pop("wanted_patient"))] = ctx
     return found
 

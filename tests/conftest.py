@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -201,6 +202,8 @@ async def quiet(ws: ClientConnection, seconds: float = 0.3) -> list[dict[str, An
 async def start_server(database_url: str, **env: str) -> tuple[uvicorn.Server, str, Any]:
     port = find_free_port()
     base = f"http://127.0.0.1:{port}"
+    if "BLOOMTEXT_DATA_DIR" not in env:  # files of a test never land in the checkout
+        env["BLOOMTEXT_DATA_DIR"] = tempfile.mkdtemp(prefix="bt-data-")
     settings = load_settings(
         {"DATABASE_URL": database_url, "PORT": str(port), "SIGNUP_OPEN": "true",
          "BLOOMTEXT_LOG_LEVEL": "warning", **env}
@@ -233,8 +236,10 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture
-async def live_server(database_url: str, server_env: dict[str, str]) -> AsyncIterator[LiveServer]:
-    server, base, settings = await start_server(database_url, **server_env)
+async def live_server(database_url: str, server_env: dict[str, str], tmp_path: Path
+                      ) -> AsyncIterator[LiveServer]:
+    server, base, settings = await start_server(
+        database_url, **{"BLOOMTEXT_DATA_DIR": str(tmp_path / "data"), **server_env})
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         live = LiveServer(base, settings, client)
         try:

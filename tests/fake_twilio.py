@@ -5,6 +5,8 @@ It serves, with Twilio's paths and JSON shapes and HTTP Basic auth:
 - POST /2010-04-01/Accounts/{Sid}/IncomingPhoneNumbers.json   (buys an available number)
 - POST /2010-04-01/Accounts/{Sid}/Messages.json               (accepts an SMS: 201 queued)
 - GET  /2010-04-01/Accounts/{Sid}/Messages.json?To=…&From=…   (what it accepted, newest first)
+- GET  /2010-04-01/Accounts/{Sid}/Messages/{MM}/Media/{ME}    (an inbound MMS's media,
+  `add_media`: like Twilio, a redirect to a media store that needs no credentials)
 and Twilio's error JSON (`{"code", "message", "more_info", "status"}`) otherwise.
 
 Use:
@@ -46,7 +48,7 @@ from starlette.routing import Route
 
 from tests.services import find_free_port
 
-KINDS = ("available", "buy", "messages", "list")
+KINDS = ("available", "buy", "messages", "list", "media")
 API = "/2010-04-01"
 START_SECONDS = 10.0
 STOP_SECONDS = 10.0
@@ -138,6 +140,7 @@ class FakeTwilio:
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._hangs: dict[str, deque[float]] = defaultdict(deque)
         self._closing = threading.Event()
+        self._media: dict[str, tuple[bytes, str]] = {}  # media SID -> (bytes, content type)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -220,6 +223,15 @@ class FakeTwilio:
         with self._lock:
             self._hangs[kind].append(seconds)
 
+    def add_media(self, message_sid: str, data: bytes, content_type: str) -> str:
+        """Media of an inbound MMS; its URL as Twilio names it in the webhook
+        (`https://api.twilio.com/...`: the client's api_url sends it here)."""
+        media_sid = "ME" + secrets.token_hex(16)
+        with self._lock:
+            self._media[media_sid] = (data, content_type)
+        return (f"https://api.twilio.com{API}/Accounts/{self.account_sid}/Messages/"
+                f"{message_sid}/Media/{media_sid}")
+
     @property
     def numbers_bought(self) -> list[BoughtNumber]:
         with self._lock:
@@ -255,6 +267,9 @@ class FakeTwilio:
             Route(account + "/IncomingPhoneNumbers.json", self._buy, methods=["POST"]),
             Route(account + "/Messages.json", self._send, methods=["POST"]),
             Route(account + "/Messages.json", self._list_messages, methods=["GET"]),
+            Route(account + "/Messages/{message_sid}/Media/{media_sid}", self._media_redirect,
+                  methods=["GET"]),
+            Route("/media-store/{media_sid}", self._media_store, methods=["GET"]),
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
@@ -299,6 +314,28 @@ class FakeTwilio:
         with self._lock:
             self._requests.append((kind, str(response.status_code)))
         return response
+
+    async def _media_redirect(self, request: Request) -> Response:
+        refused = await self._guard("media", request)
+        if refused is not None:
+            return self._answer("media", refused)
+        media_sid = request.path_params["media_sid"]
+        with self._lock:
+            known = media_sid in self._media
+        if not known:
+            return self._answer("media", _error(404, 20404, "The requested resource was not "
+                                                "found"))
+        return self._answer("media", Response(status_code=302, headers={
+            "Location": f"{self.url}/media-store/{media_sid}"}))
+
+    async def _media_store(self, request: Request) -> Response:
+        if "authorization" in request.headers:  # Twilio's credentials never go this far
+            return PlainTextResponse("credentials sent to the media store", status_code=400)
+        with self._lock:
+            found = self._media.get(request.path_params["media_sid"])
+        if found is None:
+            return PlainTextResponse("no such media", status_code=404)
+        return Response(found[0], media_type=found[1])
 
     async def _search(self, request: Request) -> Response:
         refused = await self._guard("available", request)

@@ -39,6 +39,14 @@ class World:
         return number
 
 
+@dataclass
+class Upload:
+    """A row's body sent as a multipart file (field `file`)."""
+
+    name: str
+    data: bytes
+
+
 @pytest.fixture
 def server_env(twilio: FakeTwilio) -> dict[str, str]:
     return twilio_env(twilio)
@@ -80,6 +88,9 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("POST", "/api/v1/conversations/{conversation}/messages",
      lambda w: {"body": "hello", "client_id": f"m{next(_n)}"}, (201, 201, 404, 404, 404, 401)),
     ("GET", "/api/v1/conversations/{conversation}/events", None, (200, 200, 404, 404, 404, 401)),
+    ("POST", "/api/v1/conversations/{conversation}/files",
+     lambda w: Upload("note.txt", b"a file"), (201, 201, 404, 404, 404, 401)),
+    ("GET", "/api/v1/files/{file}", None, (200, 200, 404, 404, 404, 401)),
     ("POST", "/api/v1/conversations/{conversation}/read", {"seq": 0},
      (204, 204, 404, 404, 404, 401)),
     ("GET", "/api/v1/invites/{invite}", None, (404, 404, 404, 404, 404, 404)),
@@ -156,6 +167,9 @@ async def world(live_server: LiveServer, twilio: FakeTwilio) -> World:
                                     headers=admin.headers)
     bot_token = r.json()["token"]
     conversation = await live_server.conversation(admin, member)
+    r = await live_server.http.post(f"/api/v1/conversations/{conversation}/files",
+                                    files={"file": ("a.txt", b"shared")}, headers=admin.headers)
+    file_id = r.json()["attachments"][0]["id"]
     # The external: invited into another of A's conversations (no SMTP here, so the
     # creator gets the link), with its own organisation C.
     r = await live_server.http.post("/api/v1/conversations",
@@ -195,7 +209,7 @@ async def world(live_server: LiveServer, twilio: FakeTwilio) -> World:
     world.ids = {"target": target.user["id"], "conversation": conversation, "team": team,
                  "invite": "bi_" + "x" * 43, "invitation": invitation,
                  "patient_team": patient_team, "number": number, "patient": patient,
-                 "patient_conversation": patient_conversation, "job": job}
+                 "patient_conversation": patient_conversation, "job": job, "file": file_id}
     return world
 
 
@@ -207,7 +221,10 @@ async def test_http_matrix(live_server: LiveServer, world: World) -> None:
             token = world.tokens[role]
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             payload = body(world) if callable(body) else body
-            if isinstance(payload, bytes):  # a file upload (CSV)
+            if isinstance(payload, Upload):
+                r = await live_server.http.request(
+                    method, path, files={"file": (payload.name, payload.data)}, headers=headers)
+            elif isinstance(payload, bytes):  # a file upload (CSV)
                 r = await live_server.http.request(
                     method, path, content=payload,
                     headers={**headers, "Content-Type": "text/csv"})

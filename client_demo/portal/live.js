@@ -10,6 +10,31 @@ function timeText(iso) {
                                        minute: '2-digit' });
 }
 
+function sizeText(size) {
+  return size >= 1048576 ? `${(size / 1048576).toFixed(1)} MB`
+    : `${Math.max(1, Math.floor(size / 1024))} KB`;
+}
+
+// The same markup as the server-rendered page's file list.
+function fileList(files) {
+  const list = document.createElement('ul');
+  list.className = 'files';
+  list.setAttribute('aria-label', 'Files');
+  for (const file of files) {
+    const item = document.createElement('li');
+    const link = document.createElement('a');
+    link.href = `/api/v1/files/${encodeURIComponent(file.id)}`;
+    link.download = '';
+    link.textContent = file.name;
+    const size = document.createElement('span');
+    size.className = 'size';
+    size.textContent = ` (${sizeText(file.size)})`;
+    item.append(link, size);
+    list.append(item);
+  }
+  return list;
+}
+
 function addMessage(event) {
   if (!list || list.querySelector(`[data-seq="${event.seq}"]`)) return;
   const empty = list.querySelector('.empty');
@@ -37,6 +62,8 @@ function addMessage(event) {
     body.textContent = event.body || '';
   }
   item.append(meta, body);
+  const files = event.recalled ? [] : (event.attachments || []).filter((a) => a.id);
+  if (files.length) item.append(fileList(files));
   list.append(item);
   item.scrollIntoView({ block: 'end' });
 }

@@ -10,11 +10,12 @@ from realtime.hub import Hub
 from server.auth import LoginLimiter
 from server.config import Settings
 from server.metrics import Metrics
+from storage.blobs import BlobStore
 from storage.models import User
 
 if TYPE_CHECKING:
     from channels.outbox import OutboxWorker
-    from channels.twilio import TwilioNumbers
+    from channels.twilio import TwilioMedia, TwilioNumbers
     from server.actions.access import PatientSendGate
     from server.actions.messages import SendBatcher
 
@@ -33,7 +34,9 @@ class Services:
     outbox: OutboxWorker | None = None
     after_store: list[AfterStoreHook] = field(default_factory=list)
     numbers: TwilioNumbers | None = None  # None without Twilio credentials
+    media: TwilioMedia | None = None  # an inbound MMS's media; None without Twilio
     patient_gate: PatientSendGate | None = None
+    blobs: BlobStore | None = None  # files' bytes (storage/blobs.py); set by the app
 
 
 @dataclass(frozen=True)

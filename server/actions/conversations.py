@@ -184,25 +184,41 @@ async def _create_patient_conversation(
     number = await phone_numbers.number_for_conversation(actor, phone_number_id)
     delivery.require_reachable(channel, patient.phone, patient.email)
     team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
-    staff = list(dict.fromkeys([actor.id, *team]))
+    _, view = await open_patient_conversation(
+        svc, org_id=actor.org_id, number_id=number.id, patient_id=patient.id,
+        staff=[actor.id, *team], channel=channel, subject=subject, created_by=actor.id)
+    return view
+
+
+async def open_patient_conversation(
+    svc: Services, *, org_id: str, number_id: str, patient_id: str, staff: list[str],
+    channel: str, subject: str | None = None, created_by: str | None = None,
+) -> tuple[Conversation, dict[str, Any]]:
+    """A new patient conversation on a number: the patient and `staff` (the number's team,
+    and whoever started it) as participants, each told with a `conversation` frame. The
+    one way one is made, by staff or by an inbound SMS; (the row, the staff's view)."""
+    staff = list(dict.fromkeys(staff))
     now = utcnow()
     async with in_transaction():
         conversation = await Conversation.create(
-            id=new_id("cv"), org_id=actor.org_id, kind="patient",
-            subject=(subject or "").strip() or None, phone_number_id=number.id,
-            channel=channel, created_by_id=actor.id, created_at=now, updated_at=now,
+            id=new_id("cv"), org_id=org_id, kind="patient",
+            subject=(subject or "").strip() or None, phone_number_id=number_id,
+            channel=channel, created_by_id=created_by, created_at=now, updated_at=now,
         )
         await Participant.bulk_create(
-            [Participant(conversation=conversation, user_id=patient.id, kind="patient",
+            [Participant(conversation=conversation, user_id=patient_id, kind="patient",
                          joined_at=now)]
             + [Participant(conversation=conversation, user_id=uid, kind="member",
                            joined_at=now) for uid in staff]
         )
-    (view,) = await conversation_views([conversation.id], viewer_id=actor.id)
+    # New: every staff member's view is the same (nothing read yet), so one is built.
+    view: dict[str, Any] = {}
+    if staff:
+        (view,) = await conversation_views([conversation.id], viewer_id=staff[0])
     for uid in staff:
         svc.hub.publish(user_topic(uid), {"type": "conversation",
                                           "conversation": {**view, "read_seq": 0}})
-    return view
+    return conversation, view
 
 
 async def update_conversation(

@@ -178,6 +178,8 @@ class PatientMessages:
                 continue
             payload = row.payload or {}
             mode = payload.get("mode") or ctx["channel"] or "secure_sms"
+            if mode == "sms" and ctx["has_files"]:  # a file never goes by plain SMS
+                mode = "secure_sms"
             channel = "email" if mode == "secure_email" else "sms"
             delivery = existing.get((ctx["event_id"], channel))
             if delivery is None:

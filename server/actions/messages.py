@@ -59,6 +59,7 @@ class PendingSend:
     client_id: str
     body: str
     future: asyncio.Future[tuple[dict[str, Any], bool]] = field(repr=False)
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # [{id, name, ...}]
 
 
 class SendBatcher:
@@ -97,7 +98,8 @@ class SendBatcher:
 
 
     async def submit(
-        self, actor: Actor, conversation_id: str, client_id: str, body: str
+        self, actor: Actor, conversation_id: str, client_id: str, body: str,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Store a message; returns (event, created). Raises ApiError."""
         if self.depth() >= MAX_PENDING_SENDS:
@@ -106,7 +108,8 @@ class SendBatcher:
             asyncio.get_running_loop().create_future()
         )
         self._queues[lane_of(conversation_id, len(self._queues))].put_nowait(
-            PendingSend(conversation_id, actor.id, actor.user.name, client_id, body, future)
+            PendingSend(conversation_id, actor.id, actor.user.name, client_id, body, future,
+                        attachments or [])
         )
         return await future
 
@@ -201,7 +204,7 @@ async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[Pendi
             "sender_name": item.sender_name,
             "sender_kind": None,  # the sender's participant kind, found by the write
             "body": item.body,
-            "attachments": [],
+            "attachments": item.attachments,
             "client_id": item.client_id,
             "target_id": None,
             "recalled": False,
@@ -253,10 +256,12 @@ async def _store(batch: list[PendingSend], metrics: Metrics) -> list[tuple[Pendi
 
 
 async def send_message(
-    svc: Services, actor: Actor, conversation_id: str, *, client_id: str, body: str
+    svc: Services, actor: Actor, conversation_id: str, *, client_id: str, body: str,
+    attachments: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Store a message from the caller; returns (event, created). Same path for HTTP and /ws."""
-    if not body or not body.strip():
+    """Store a message from the caller; returns (event, created). Same path for HTTP and /ws
+    (and for files: `attachments` are stored files, then the body may be empty)."""
+    if not attachments and (not body or not body.strip()):
         raise invalid("body must not be empty", body="empty")
     if len(body) > MAX_BODY:
         raise invalid(f"body is longer than {MAX_BODY} characters", body="too long")
@@ -271,13 +276,13 @@ async def send_message(
             await delivery.require_contact(conversation_id)
             notifies = True
     try:
-        result = await svc.batcher.submit(actor, conversation_id, client_id, body)
+        result = await svc.batcher.submit(actor, conversation_id, client_id, body, attachments)
     except ApiError as exc:
         # An admin may post in any patient conversation of their organisation: they
         # join it first (rare, so only looked up when the send path said not_found).
         if exc.code != "not_found" or not await access.admin_joins(actor, conversation_id):
             raise
-        result = await svc.batcher.submit(actor, conversation_id, client_id, body)
+        result = await svc.batcher.submit(actor, conversation_id, client_id, body, attachments)
     if notifies and result[1] and svc.outbox is not None:
         svc.outbox.notify()  # its notification is queued: send it now, not at the next poll
     return result

@@ -173,6 +173,7 @@ async def view(svc: Services, session: PortalSession) -> PortalView:
 def _portal_event(e: Event) -> dict[str, Any]:
     return {"id": e.id, "seq": e.seq, "from_patient": e.sender_kind == "patient",
             "sender": e.sender_name or "", "body": None if e.recalled else e.body,
+            "attachments": [] if e.recalled else (e.attachments or []),
             "recalled": e.recalled, "at": e.created_at}
 
 

@@ -6,30 +6,37 @@ patient's open conversation on that number (their most recent one), or a new one
 team's inbox; a phone no patient of the organisation has becomes a new patient marked
 unverified. STOP and Twilio's other opt-out words opt the phone out of SMS from that
 number, START and its synonyms opt back in, HELP is answered. The webhook answers only
-after what it carries is stored.
+after what it carries is stored: an MMS's media are fetched from Twilio first and kept as
+the message's attachments (those that cannot be kept are named in the message's text).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from html import escape
 from typing import Any
 
 from tortoise.transactions import in_transaction
 
-from realtime.hub import conversation_topic, user_topic
-from server.actions import access, delivery, patients
+from channels.twilio import TelephonyError
+from realtime.hub import conversation_topic
+from server import uploads
+from server.actions import access, delivery, files, patients
 from server.actions.context import Services
 from server.actions.views import event_row_view
+from server.errors import ApiError
 from server.ids import new_id, utcnow
 from storage import db, queries
+from storage.blobs import discard
 from storage.models import (
     Conversation,
+    Event,
     OptOut,
     Org,
-    Participant,
     Patient,
     PhoneNumber,
+    StoredFile,
     User,
 )
 
@@ -38,6 +45,7 @@ log = logging.getLogger("bloomtext.sms")
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 START_WORDS = {"START", "UNSTOP", "YES"}
 HELP_WORDS = {"HELP", "INFO"}
+MAX_MEDIA = 10  # Twilio's own limit per MMS
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -81,7 +89,7 @@ async def receive_sms(svc: Services, form: dict[str, str]) -> str:
         await OptOut.filter(phone_number_id=number.id, phone=phone).delete()
     org_id: str = number.org_id  # type: ignore[attr-defined]
     patient, conversation = await _conversation_for(svc, number, org_id, phone)
-    await _store(svc, conversation, patient, sid, body or "(empty message)", form)
+    await _store(svc, conversation, patient, sid, body, form)
     if word == "help":
         org = await Org.get(id=org_id)
         return twiml_message(f"{org.name}: you receive messages from your care team. "
@@ -110,45 +118,80 @@ async def _conversation_for(svc: Services, number: PhoneNumber, org_id: str, pho
 
 async def _new_conversation(svc: Services, number: PhoneNumber, org_id: str,
                             patient: Patient) -> Conversation:
-    team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
-    now = utcnow()
-    async with in_transaction():
-        conversation = await Conversation.create(
-            id=new_id("cv"), org_id=org_id, kind="patient", subject=None,
-            phone_number_id=number.id, channel="secure_sms", created_at=now, updated_at=now)
-        await Participant.bulk_create(
-            [Participant(conversation=conversation, user_id=patient.id, kind="patient",
-                         joined_at=now)]
-            + [Participant(conversation=conversation, user_id=uid, kind="member",
-                           joined_at=now) for uid in team])
-    from server.actions.conversations import conversation_views  # a cycle otherwise
+    from server.actions.conversations import open_patient_conversation  # a cycle otherwise
 
-    for uid in team:
-        (view,) = await conversation_views([conversation.id], viewer_id=uid)
-        svc.hub.publish(user_topic(uid), {"type": "conversation", "conversation": view})
+    team = await access.team_member_ids(number.team_id)  # type: ignore[attr-defined]
+    conversation, _ = await open_patient_conversation(
+        svc, org_id=org_id, number_id=number.id, patient_id=patient.id, staff=team,
+        channel="secure_sms")
     return conversation
 
 
 async def _store(svc: Services, conversation: Conversation, patient: Patient, sid: str,
                  body: str, form: dict[str, str]) -> None:
     user = await User.get(id=patient.id)
+    if await Event.exists(sender_id=user.id, client_id=sid[:64]):
+        return  # a redelivery of a MessageSid already stored: its media are kept already
+    kept, missed = await _media(svc, form, conversation, user.id)
+    if missed:  # said in the message itself, so staff know to ask for them again
+        body = (f"{body}\n\n" if body else "") + (
+            f"[{len(missed)} attachment(s) not kept: {'; '.join(missed)}]")
     now = utcnow()
     row: dict[str, Any] = {
         "id": new_id("ev"), "conversation_id": conversation.id, "seq": 0, "kind": "message",
         "sender_id": user.id, "sender_name": user.name, "sender_kind": None,
-        "body": body[:4000], "attachments": [], "client_id": sid[:64], "target_id": None,
-        "recalled": False, "created_at": now,
+        "body": (body or ("" if kept else "(empty message)"))[:4000],
+        "attachments": [files.attachment_view(f) for f in kept], "client_id": sid[:64],
+        "target_id": None, "recalled": False, "created_at": now,
     }
     appended = await queries.append_messages(db.connection(), [row], now)
     stored = appended.stored.get(row["id"])
-    if stored is None:
-        return  # a redelivery of a MessageSid already stored
+    if stored is None:  # a redelivery that raced the first: that one keeps the media
+        if kept and svc.blobs is not None:
+            await files.release(svc.blobs, kept)
+        return
+    if kept:
+        await files.attach(kept, row["id"])
     row["seq"], row["sender_kind"] = stored
-    media = int(form.get("NumMedia", "0") or 0) if form.get("NumMedia", "0").isdigit() else 0
-    if media:
-        log.info("inbound SMS %s carried %d media item(s): not kept yet", sid, media)
     svc.hub.publish(conversation_topic(conversation.id),
                     {"type": "event", "event": event_row_view(row)})
+
+
+async def _media(svc: Services, form: dict[str, str], conversation: Conversation,
+                 sender_id: str) -> tuple[list[StoredFile], list[str]]:
+    """An MMS's media (`MediaUrlN`), fetched from Twilio at once and kept as files like
+    an upload (size limit, type by content); and why each one that was not kept was not."""
+    count = form.get("NumMedia", "0")
+    count_n = min(int(count), MAX_MEDIA) if count.isdigit() else 0
+    got = await asyncio.gather(*(_one_media(svc, form, conversation, sender_id, i)
+                                 for i in range(count_n)))
+    return ([f for f in got if isinstance(f, StoredFile)],
+            [why for why in got if isinstance(why, str)])
+
+
+async def _one_media(svc: Services, form: dict[str, str], conversation: Conversation,
+                     sender_id: str, index: int) -> StoredFile | str:
+    declared = form.get(f"MediaContentType{index}", "")
+    if svc.media is None or svc.blobs is None:
+        return "Twilio is not configured"
+    try:
+        upload = await uploads.stage(
+            svc.media.chunks(form.get(f"MediaUrl{index}", "")), svc.blobs,
+            limit=svc.settings.max_upload_bytes, declared_type=declared,
+            name=f"mms-{index + 1}{files.extension_for(declared)}")
+    except TelephonyError as exc:
+        log.warning("inbound MMS media %d could not be fetched: %s", index, exc.message)
+        return "could not be fetched from Twilio"
+    except ApiError as exc:  # too large
+        return exc.message
+    try:
+        content_type = files.content_type_of(upload)
+    except ApiError:
+        discard(upload.staged)
+        return f"{declared or 'this type of file'} is not accepted"
+    return await files.keep(svc.blobs, upload, org_id=conversation.org_id,  # type: ignore[attr-defined]
+                            conversation_id=conversation.id, uploader_id=sender_id,
+                            content_type=content_type, source="mms")
 
 
 async def status_callback(svc: Services, form: dict[str, str]) -> None:

@@ -107,12 +107,15 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
             }
         if spec.upload:
-            op["requestBody"] = {"required": True, "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "multipart/form-data": {"schema": {
-                    "type": "object", "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}}}},
-            }}
+            fields: dict[str, Any] = {"file": {"type": "string", "format": "binary"}}
+            if spec.upload == "file":
+                fields |= {"body": {"type": "string", "maxLength": 10000},
+                           "client_id": {"type": "string", "maxLength": 64}}
+            content: dict[str, Any] = {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"], "properties": fields}}}
+            if spec.upload == "csv":
+                content = {"text/csv": {"schema": {"type": "string"}}} | content
+            op["requestBody"] = {"required": True, "content": content}
         if spec.form is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/x-www-form-urlencoded": {
@@ -125,7 +128,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             success["content"] = {spec.content_type: {
                 "schema": {"$ref": f"#/components/schemas/{spec.response.__name__}"}}}
         op["responses"][str(spec.status)] = success
-        if spec.path.endswith("/messages"):
+        if spec.path.endswith(("/messages", "/files")):
             op["responses"]["200"] = {"description": "a repeat of an earlier client_id",
                                       **{k: v for k, v in success.items() if k == "content"}}
         statuses = set(spec.errors)

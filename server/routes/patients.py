@@ -108,7 +108,7 @@ async def _upload(request: Request) -> AsyncIterator[bytes]:
 
 @route("POST", f"{API}/patients/import", "Import patients from a CSV file (202: a job; the "
        "same Idempotency-Key again: 200 with the first job)", response=s.JobAccepted,
-       status=202, upload=True, errors=(401, 402, 403, 413, 422))
+       status=202, upload="csv", errors=(401, 402, 403, 413, 422))
 async def import_patients(request: Request) -> Response:
     actor = await actor_of(request)
     declared = request.headers.get("content-length", "")

@@ -10,6 +10,8 @@ from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -73,6 +75,10 @@ def _dob_form(request: Request, token: str, wrong: bool) -> Response:
     return _page(request, "Confirm your date of birth", body, status=200)
 
 
+def _size(size: int) -> str:
+    return f"{size / 1048576:.1f} MB" if size >= 1048576 else f"{max(1, size // 1024)} KB"
+
+
 def _conversation(request: Request, token: str, shown: portal.PortalView) -> Response:
     items = []
     for e in shown.events:
@@ -80,11 +86,16 @@ def _conversation(request: Request, token: str, shown: portal.PortalView) -> Res
         text = ("<em>This message was recalled by its sender.</em>" if e["recalled"]
                 else escape(e["body"] or ""))
         mine = " mine" if e["from_patient"] else ""
+        files = "".join(
+            f'<li><a href="/api/v1/files/{escape(a["id"])}" download>{escape(a["name"])}</a>'
+            f' <span class="size">({_size(a["size"])})</span></li>'
+            for a in e["attachments"] if a.get("id"))
+        files = f'<ul class="files" aria-label="Files">{files}</ul>' if files else ""
         items.append(
             f'<li class="message{mine}" data-seq="{e["seq"]}"><p class="meta">'
             f'<span class="who">{escape(who)}</span> '
             f'<time datetime="{e["at"].isoformat()}">{e["at"]:%b %d, %H:%M} UTC</time></p>'
-            f'<p class="body">{text}</p></li>')
+            f'<p class="body">{text}</p>{files}</li>')
     subject = f"<p class=\"subject\">{escape(shown.subject)}</p>" if shown.subject else ""
     body = (
         f'<header><h1>{escape(shown.org_name)}</h1>{subject}</header>'
@@ -133,11 +144,15 @@ async def portal_page(request: Request) -> Response:
 
 @route("POST", "/p/{token}", "The portal's forms: `dob` answers the DOB question; `body` "
        "(with `client_id`) sends a reply. 303 back to the page", auth=False, tag="portal",
-       form=s.PortalForm, status=303, content_type="text/html", errors=(404, 429))
+       form=s.PortalForm, status=303, content_type="text/html",
+       errors=(402, 404, 409, 422, 429, 503))
 async def portal_post(request: Request) -> Response:
     svc = services(request)
     token = request.path_params["token"]
-    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    except (MultiPartException, HTTPException):  # Starlette turns one into the other
+        return _not_sent(request, token, "The form could not be read. Please try again.")
     fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     back = RedirectResponse(f"/p/{token}", status_code=303)
     try:
@@ -162,9 +177,13 @@ async def portal_post(request: Request) -> Response:
         try:
             await portal.reply(svc, session, body[:4000], client_id)
         except ApiError as exc:
-            return _page(request, "Not sent", f"<h1>Not sent</h1><p>{escape(exc.message)}"
-                         f'</p><p><a href="/p/{escape(token)}">Back</a></p>', status=400)
+            return _not_sent(request, token, exc.message, exc.status)
     return back
+
+
+def _not_sent(request: Request, token: str, why: str, status: int = 422) -> Response:
+    return _page(request, "Not sent", f"<h1>Not sent</h1><p>{escape(why)}</p>"
+                 f'<p><a href="/p/{escape(token)}">Back</a></p>', status=status)
 
 
 @route("POST", "/portal/ws-ticket", "A one-time ticket (60 s) for the portal page's "
