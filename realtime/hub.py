@@ -78,6 +78,7 @@ class Connection:
         "codec",
         "topics",
         "state",
+        "accepts",
         "_send",
         "_close",
         "_queue",
@@ -97,12 +98,16 @@ class Connection:
         close: CloseFn,
         max_queue: int,
         state: Any = None,
+        accepts: frozenset[str] | None = None,
     ) -> None:
         self.user_id = user_id
         self.session_id = session_id
         self.codec = codec
         self.topics: set[str] = set()
         self.state = state  # the server's own per-socket data (session expiry)
+        # The frame types this socket gets from its topics (None: all). A patient's portal
+        # socket gets the conversation's events, not staff's typing, receipts, deliveries.
+        self.accepts = accepts
         self._send = send
         self._close = close
         self._queue: deque[bytes | str] = deque()
@@ -357,7 +362,8 @@ class Hub:
     def _deliver(self, state: _Topic, env: Envelope) -> None:
         skip = env.skip_user
         for conn in state.conns:
-            if conn.user_id != skip:
+            if conn.user_id != skip and (
+                    conn.accepts is None or env.frame["type"] in conn.accepts):
                 conn.push(env.encoded(conn.codec))
 
     def _on_event(self, topic: str, state: _Topic, env: Envelope) -> None:

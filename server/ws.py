@@ -21,6 +21,9 @@ from storage.outage import is_outage
 log = logging.getLogger("bloomtext.ws")
 
 SESSION_CHECK_EVERY = 15.0
+# What a patient's portal socket hears of its conversation: its timeline, nothing of staff's
+# own state (typing, receipts, delivery reports, lock alerts).
+PORTAL_FRAMES = frozenset({"event"})
 
 
 def session_check_every(svc: Services) -> float:
@@ -107,6 +110,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         max_queue=svc.settings.ws_send_queue,
         state=SocketSession(actor=actor, check_at=now + session_check_every(svc), touched_at=now,
                             portal_conversation=portal_conversation),
+        accepts=None if portal_conversation is None else PORTAL_FRAMES,
     )
     try:
         await hub.register(conn)

@@ -162,9 +162,14 @@ async def test_portal_socket_with_a_one_time_ticket(
     ready = await expect(ws, "ready")
     assert [x["id"] for x in ready["conversations"]] == [cid]
     assert ready["user"]["id"] == patient["id"]
+    staff = await live_server.socket(c.member)
+    await send(staff, {"type": "typing", "conversation_id": cid})
     r = await c.say(cid, "live one")
-    event = (await expect(ws, "event"))["event"]
-    assert event["body"] == "live one"
+    await expect(staff, "delivery", status="sent")  # all of it published by now
+    # Staff's own state (typing, receipts, delivery reports) is not the patient's to see.
+    frames = await quiet(ws)
+    assert [f["type"] for f in frames] == ["event"], frames
+    assert frames[0]["event"]["body"] == "live one"
     await send(ws, {"type": "send", "ref": 1, "conversation_id": other, "client_id": "x1",
                     "body": "elsewhere"})
     error = await expect(ws, "error")
