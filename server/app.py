@@ -21,7 +21,7 @@ from channels.sender import LoggingSender, Sender
 from channels.twilio import TwilioMedia, TwilioNumbers, TwilioSmsSender, make_twilio_client
 from realtime.broker import make_broker
 from realtime.hub import Hub
-from server.actions import conversations, delivery, externals
+from server.actions import audit, conversations, delivery, externals
 from server.actions.access import PatientSendGate
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
@@ -31,7 +31,8 @@ from server.errors import ApiError
 from server.http import JSON, ROUTES
 
 # Importing the route modules registers their routes.
-from server.routes import api as _api  # noqa: F401, I001
+from server.routes import admin as _admin  # noqa: F401, I001
+from server.routes import api as _api  # noqa: F401
 from server.routes import files as _files  # noqa: F401
 from server.routes import meta as _meta  # noqa: F401
 from server.routes import patients as _patients  # noqa: F401
@@ -136,6 +137,8 @@ class Application:
         self.routes = app.routes
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] in ("http", "websocket"):  # for the audit trail's entries
+            audit.ORIGIN.set(audit.origin_of_scope(scope))
         if scope["type"] == "websocket" and scope["path"] == "/ws":
             scope["app"] = self.app
             await ws_endpoint(WebSocket(scope, receive, send))
@@ -211,6 +214,7 @@ def create_app(settings: Settings | None = None) -> Application:
         svc.patient_gate = PatientSendGate()
         svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()
+        svc.audit.start()
         svc.metrics.watch_send_queue(svc.batcher.depth)
         svc.metrics.watch_hub(hub)
         app.state.services = svc
@@ -229,6 +233,7 @@ def create_app(settings: Settings | None = None) -> Application:
                 await svc.numbers.aclose()
             await hub.close()
             await svc.batcher.stop()
+            await svc.audit.stop()
             await broker.close()
             await db.close_db()
 

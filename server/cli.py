@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="put an organisation on a plan (billing is elsewhere)")
     plan.add_argument("org_id", metavar="ORG", help="the organisation's id (GET /api/v1/org)")
     plan.add_argument("plan", choices=orgs.PLANS)
+    audit_cmd = commands.add_parser("audit", help="check the audit trail's hash chains")
+    audit_cmd.add_argument("action", choices=["verify"])
+    audit_cmd.add_argument("--org", help="one organisation's chain (default: every one)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -149,7 +152,25 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_worker(settings))
     elif args.command == "plan":
         return asyncio.run(set_plan(settings, args.org_id, args.plan))
+    elif args.command == "audit":
+        return asyncio.run(verify_audit(settings, args.org))
     return 0
+
+
+async def verify_audit(settings: Settings, org_id: str | None) -> int:
+    """Walk the chains; exit 1 and name each broken one (and where) if any is."""
+    from server.actions import audit
+
+    await db.init_db(settings.database_url)
+    try:
+        checked, broken = await audit.verify(org_id)
+    finally:
+        await db.close_db()
+    for b in broken:
+        where = f" at entry {b.seq}" if b.seq is not None else ""
+        print(f"BROKEN: organisation {b.org_id}{where}: {b.why}")
+    print(f"{checked} audit entries checked, {len(broken)} broken chain(s)")
+    return 1 if broken else 0
 
 
 async def run_worker(settings: Settings) -> None:

@@ -343,6 +343,34 @@ class Patient(Struct):
     updated_at: Timestamp
 
 
+class AuditActor(Struct):
+    id: str | None
+    kind: str
+
+
+class AuditTarget(Struct):
+    kind: str | None
+    id: str | None
+
+
+class AuditEntry(Struct):
+    id: str
+    at: Timestamp
+    org_id: str
+    actor: AuditActor
+    action: str
+    target: AuditTarget
+    patient_id: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(Struct):
+    items: list[AuditEntry]
+    next: str | None
+
+
 class PatientList(Struct):
     items: list[Patient]
     next: str | None

@@ -428,9 +428,50 @@ class StoredFile(Model):
     sha256 = fields.CharField(max_length=64, index=True)
     # Where it came from: `upload`, or `mms` (an inbound MMS's media, fetched from Twilio).
     source = fields.CharField(max_length=16, default="upload", db_default="upload")
-    recalled = fields.BooleanField(default=False, db_default=False)
+    # Recalled with its message: `event_id`'s `recalled` says so (one flag, one truth).
     created_at = fields.DatetimeField()
 
     class Meta:
         table = "files"
         indexes = (("conversation_id", "event_id"),)
+
+
+class AuditEntry(Model):
+    """One entry of an organisation's audit trail: who did what to which record, from
+    where. Never content: references only. Each entry holds the hash of the one before
+    it in its organisation's chain (`prev_hash`) and its own (`hash`, over its fields and
+    `prev_hash`), so an edited, removed or inserted row breaks the chain
+    (`python -m server audit verify`)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    org_id = fields.CharField(max_length=32)
+    seq = fields.BigIntField()  # 1, 2, 3... per organisation
+    at = fields.DatetimeField()
+    actor_id = fields.CharField(max_length=32, null=True)  # none for the system
+    actor_kind = fields.CharField(max_length=16)  # member|external|bot|patient|system|anon
+    action = fields.CharField(max_length=48)
+    target_kind = fields.CharField(max_length=24, null=True)
+    target_id = fields.CharField(max_length=64, null=True)
+    patient_id = fields.CharField(max_length=32, null=True)  # whose PHI, when a patient's
+    ip = fields.CharField(max_length=64, null=True)
+    user_agent = fields.CharField(max_length=300, null=True)
+    details = fields.JSONField(default=dict)
+    prev_hash = fields.CharField(max_length=64)
+    hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "audit_log"
+        unique_together = (("org_id", "seq"),)
+        indexes = (("org_id", "at"), ("org_id", "patient_id"), ("org_id", "actor_id"))
+
+
+class AuditHead(Model):
+    """The last entry of an organisation's chain: appending locks this row, so entries
+    written by several nodes still form one chain; a deleted last entry no longer matches."""
+
+    org_id = fields.CharField(max_length=32, primary_key=True)
+    seq = fields.BigIntField()
+    hash = fields.CharField(max_length=64)
+
+    class Meta:
+        table = "audit_heads"

@@ -161,6 +161,8 @@ _APPEND_TEXT = ("id", "conversation_id", "kind", "sender_id", "sender_name", "bo
 # - `notified`: a staff message in a patient conversation (the only kind with a patient
 #   participant) queues its notification in the outbox, in this same statement: a crash
 #   after the commit loses no notification, and nothing is added while the locks are held.
+# - `withdrawn`: a `recall` event marks its target message recalled in the same statement,
+#   so the content is never served once the recall has a seq (and the other way round).
 # Inputs are arrays (text: a boolean[] costs asyncpg a type introspection on every new
 # connection), so the text, and asyncpg's prepared statement, is the same for any batch.
 _APPEND_POSTGRES = f"""
@@ -200,6 +202,11 @@ notified AS (
     FROM accepted AS a JOIN moved ON moved.id = a.conversation_id
     JOIN participants AS p ON p.conversation_id = a.conversation_id AND p.kind = 'patient'
     WHERE a.kind = 'message' AND a.sender_kind <> 'patient'
+),
+withdrawn AS (
+    UPDATE events AS e SET recalled = true
+    FROM accepted AS a JOIN moved ON moved.id = a.conversation_id
+    WHERE a.kind = 'recall' AND e.id = a.target_id AND e.conversation_id = a.conversation_id
 )
 INSERT INTO events ({", ".join(EVENT_COLUMNS)})
 SELECT a.id, a.conversation_id,
@@ -265,6 +272,12 @@ async def _append_sqlite(
                 inserts.append({**row, "seq": next_seq[cid], "sender_kind": kind,
                                 "created_at": now})
         await insert_events(tx, inserts)
+        # As `withdrawn` on PostgreSQL; one more statement, only for a batch with a recall.
+        recalls = [(row["target_id"], row["conversation_id"]) for row in inserts
+                   if row["kind"] == "recall"]
+        for target, cid in recalls:
+            await sql.run(f"UPDATE events SET recalled = 1 WHERE id = {sql.param(target)}"
+                          f" AND conversation_id = {sql.param(cid)}")
         # As `notified` on PostgreSQL; one more statement, only for patient conversations.
         await _queue_patient_messages(tx, [
             (row["id"], patients[row["conversation_id"]]) for row in inserts
@@ -527,3 +540,12 @@ async def sms_in_flight(conn: BaseDBAsyncClient, to: str, from_number: str) -> l
         " LIMIT 2"
     )
     return [row["id"] for row in rows]
+
+
+async def ensure_audit_head(conn: BaseDBAsyncClient, org_id: str, genesis: str) -> None:
+    """An organisation's audit chain head, created empty on its first entry (two nodes
+    doing so at once: one insert wins, the other does nothing)."""
+    sql = Sql(conn)
+    await sql.run("INSERT INTO audit_heads (org_id, seq, hash) VALUES"
+                  f" ({sql.param(org_id)}, 0, {sql.param(genesis)})"
+                  " ON CONFLICT (org_id) DO NOTHING")

@@ -91,6 +91,14 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("POST", "/api/v1/conversations/{conversation}/files",
      lambda w: Upload("note.txt", b"a file"), (201, 201, 404, 404, 404, 401)),
     ("GET", "/api/v1/files/{file}", None, (200, 200, 404, 404, 404, 401)),
+    # Recall: the sender (admin here); a participant who is not is 403.
+    ("POST", "/api/v1/messages/{message}/recall", None, (200, 403, 404, 404, 404, 401)),
+    ("GET", "/api/v1/admin/messages/{message}?reason=review", None,
+     (200, 403, 404, 404, 403, 401)),
+    ("GET", "/api/v1/admin/files/{file}?reason=review", None, (200, 403, 404, 404, 403, 401)),
+    # Each admin reads their own organisation's trail (the external is C's admin).
+    ("GET", "/api/v1/admin/audit", None, (200, 403, 200, 200, 403, 401)),
+    ("GET", "/api/v1/admin/audit/export", None, (200, 403, 200, 200, 403, 401)),
     ("POST", "/api/v1/conversations/{conversation}/read", {"seq": 0},
      (204, 204, 404, 404, 404, 401)),
     ("GET", "/api/v1/invites/{invite}", None, (404, 404, 404, 404, 404, 404)),
@@ -170,6 +178,10 @@ async def world(live_server: LiveServer, twilio: FakeTwilio) -> World:
     r = await live_server.http.post(f"/api/v1/conversations/{conversation}/files",
                                     files={"file": ("a.txt", b"shared")}, headers=admin.headers)
     file_id = r.json()["attachments"][0]["id"]
+    r = await live_server.http.post(f"/api/v1/conversations/{conversation}/messages",
+                                    json={"body": "to recall", "client_id": "recall-me"},
+                                    headers=admin.headers)
+    message = r.json()["id"]
     # The external: invited into another of A's conversations (no SMTP here, so the
     # creator gets the link), with its own organisation C.
     r = await live_server.http.post("/api/v1/conversations",
@@ -209,7 +221,8 @@ async def world(live_server: LiveServer, twilio: FakeTwilio) -> World:
     world.ids = {"target": target.user["id"], "conversation": conversation, "team": team,
                  "invite": "bi_" + "x" * 43, "invitation": invitation,
                  "patient_team": patient_team, "number": number, "patient": patient,
-                 "patient_conversation": patient_conversation, "job": job, "file": file_id}
+                 "patient_conversation": patient_conversation, "job": job, "file": file_id,
+                 "message": message}
     return world
 
 

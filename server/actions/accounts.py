@@ -10,6 +10,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from realtime.hub import session_topic
+from server.actions import audit
 from server.actions.context import Actor, Services
 from server.actions.orgs import org_summary, require_admin, take_seat
 from server.actions.views import user_view
@@ -102,9 +103,18 @@ async def check_credentials(svc: Services, *, email: str, password: str, address
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.kind not in ("member", "external"):
         await limiter.failed([account_key, address_key])
+        if user is not None:  # an unknown address has no organisation to tell
+            _audit_login(svc, user, "auth.login_failed")
         raise ApiError("unauthenticated", "wrong email or password")
     await limiter.succeeded(account_key)
+    _audit_login(svc, user, "auth.login")
     return user
+
+
+def _audit_login(svc: Services, user: User, action: str) -> None:
+    org_id: str = user.org_id  # type: ignore[attr-defined]
+    svc.audit.note(audit.Entry(org_id=org_id, action=action, actor_id=user.id,
+                               actor_kind=user.kind, target_kind="user", target_id=user.id))
 
 
 async def authenticate(svc: Services, secret: str) -> Actor:

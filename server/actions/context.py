@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from realtime.hub import Hub
+from server.actions.audit import AuditLog
 from server.auth import LoginLimiter
 from server.config import Settings
 from server.metrics import Metrics
@@ -37,6 +38,7 @@ class Services:
     media: TwilioMedia | None = None  # an inbound MMS's media; None without Twilio
     patient_gate: PatientSendGate | None = None
     blobs: BlobStore | None = None  # files' bytes (storage/blobs.py); set by the app
+    audit: AuditLog = field(default_factory=AuditLog)  # started by the app
 
 
 @dataclass(frozen=True)

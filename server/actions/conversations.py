@@ -9,7 +9,7 @@ from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from realtime.hub import conversation_topic, user_topic
-from server.actions import access, delivery, externals, phone_numbers
+from server.actions import access, audit, delivery, externals, phone_numbers
 from server.actions import patients as patients_actions
 from server.actions.context import Actor, Services
 from server.actions.orgs import allows_patients, require_patient_plan
@@ -372,6 +372,8 @@ async def list_events(
     conversation, _ = await access.conversation_access(actor, conversation_id)
     events = await read_events(conversation_id, after, limit,
                                patient=conversation.kind == "patient")
+    if conversation.kind == "patient" and events:
+        await _audit_read(svc, actor, conversation, "conversation.read", len(events))
     last_seq = await Conversation.filter(id=conversation_id).values_list("last_seq", flat=True)
     return {"events": events, "last_seq": last_seq[0] if last_seq else 0}
 
@@ -448,7 +450,20 @@ async def sync(
             more.append(conversation_id)
             batch = batch[:SYNC_LIMIT]
         events.extend(batch)
+        if batch and conversation_id in patient:
+            conversation = await Conversation.get(id=conversation_id)
+            await _audit_read(svc, actor, conversation, "conversation.sync", len(batch))
     return events, more
+
+
+async def _audit_read(svc: Services, actor: Actor, conversation: Conversation, action: str,
+                      events: int) -> None:
+    """A read of a patient conversation's messages (PHI) goes into the trail."""
+    org_id: str = conversation.org_id  # type: ignore[attr-defined]
+    svc.audit.note(audit.Entry(org_id=org_id, action=action, **audit.by(actor, org_id),
+                               target_kind="conversation", target_id=conversation.id,
+                               patient_id=await audit.patient_in(conversation.id),
+                               details={"events": events}))
 
 
 async def ready_snapshot(actor: Actor) -> list[dict[str, Any]]:

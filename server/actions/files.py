@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from server.actions import access, messages
+from server.actions import access, audit, messages
 from server.actions.context import Actor, Services
 from server.errors import ApiError, invalid, not_found
 from server.ids import new_id, utcnow
 from server.uploads import Upload
 from storage.blobs import BlobStore, discard
-from storage.models import Conversation, Participant, StoredFile
+from storage.models import Conversation, Event, Participant, StoredFile
 
 log = logging.getLogger("bloomtext.files")
 
@@ -135,6 +135,9 @@ async def send_file(
 
 @dataclass
 class Download:
+    id: str
+    org_id: str
+    conversation_id: str
     name: str
     content_type: str
     size: int
@@ -150,17 +153,58 @@ async def download(svc: Services, file_id: str, *, user_id: str, org_id: str | N
     reaches only its own conversation (`only_conversation`)."""
     assert svc.blobs is not None
     found = await StoredFile.get_or_none(id=file_id)
-    if found is None or found.recalled or found.event_id is None or (
+    if found is None or found.event_id is None or (
             only_conversation is not None and found.conversation_id != only_conversation):
+        raise not_found("file")
+    if await Event.exists(id=found.event_id, recalled=True):  # recalled with its message
         raise not_found("file")
     member = await Participant.exists(conversation_id=found.conversation_id, user_id=user_id)
     if not member and not (is_admin and org_id == found.org_id and await Conversation.exists(
             id=found.conversation_id, kind="patient")):
         raise not_found("file")
-    return Download(found.name, found.content_type, found.size,
-                    svc.blobs.chunks(found.sha256))
+    return _download(svc.blobs, found)
+
+
+def _download(blobs: BlobStore, found: StoredFile) -> Download:
+    return Download(found.id, found.org_id, found.conversation_id, found.name,
+                    found.content_type, found.size, blobs.chunks(found.sha256))
 
 
 async def download_for(svc: Services, actor: Actor, file_id: str) -> Download:
-    return await download(svc, file_id, user_id=actor.id, org_id=actor.org_id,
-                          is_admin=actor.is_admin)
+    found = await download(svc, file_id, user_id=actor.id, org_id=actor.org_id,
+                           is_admin=actor.is_admin)
+    await _note_download(svc, found, actor=audit.by(actor, found.org_id))
+    return found
+
+
+async def download_for_patient(svc: Services, file_id: str, *, patient_id: str,
+                               org_id: str, conversation_id: str) -> Download:
+    """A file for the patient, through their portal session (that conversation only)."""
+    found = await download(svc, file_id, user_id=patient_id, org_id=org_id,
+                           only_conversation=conversation_id)
+    await _note_download(svc, found, actor={"actor_id": patient_id, "actor_kind": "patient"})
+    return found
+
+
+async def _note_download(svc: Services, found: Download, *, actor: dict[str, Any]) -> None:
+    svc.audit.note(audit.Entry(
+        org_id=found.org_id, action="file.download", **actor, target_kind="file",
+        target_id=found.id, patient_id=await audit.patient_in(found.conversation_id),
+        details={"conversation_id": found.conversation_id}))
+
+
+async def retrieve_file(svc: Services, actor: Actor, file_id: str, reason: str | None
+                        ) -> Download:
+    """A file as sent, recalled or not, for an admin of its organisation who gives a
+    reason; audited (with the reason) before the bytes go out."""
+    reason = audit.admin_reason(actor, reason)
+    assert svc.blobs is not None
+    found = await StoredFile.get_or_none(id=file_id, org_id=actor.org_id)
+    if found is None or found.event_id is None:
+        raise not_found("file")
+    await svc.audit.record(audit.Entry(
+        org_id=found.org_id, action="file.retrieve", **audit.by(actor, found.org_id),
+        target_kind="file", target_id=found.id,
+        patient_id=await audit.patient_in(found.conversation_id),
+        details={"reason": reason, "conversation_id": found.conversation_id}))
+    return _download(svc.blobs, found)

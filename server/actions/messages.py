@@ -289,15 +289,17 @@ async def send_message(
 
 
 async def append_event(
-    svc: Services, conversation_id: str, sender: User, kind: str, *, target_id: str | None = None
+    svc: Services, conversation_id: str, sender: User, kind: str, *,
+    target_id: str | None = None, client_id: str | None = None,
 ) -> dict[str, Any] | None:
-    """A timeline event that is not a message (`participant_added`, ...): stored by the
-    send path's statement (the sender must already be a participant), then published."""
+    """A timeline event that is not a message (`participant_added`, `recall`): stored by
+    the send path's statement (the sender must already be a participant), then published.
+    None when it was not stored (not a participant, or `client_id` used already)."""
     now = utcnow()
     row = {
         "id": new_id("ev"), "conversation_id": conversation_id, "seq": 0, "kind": kind,
         "sender_id": sender.id, "sender_name": sender.name, "sender_kind": None, "body": None,
-        "attachments": [], "client_id": None, "target_id": target_id, "recalled": False,
+        "attachments": [], "client_id": client_id, "target_id": target_id, "recalled": False,
         "created_at": now,
     }
     appended = await queries.append_messages(db.connection(), [row], now)

@@ -19,6 +19,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
+from server.actions import audit
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_patient_plan
 from server.errors import ApiError, not_found
@@ -218,7 +219,11 @@ async def find(actor: Actor, patient_id: str, *, include_archived: bool = True) 
 async def get_patient(svc: Services, actor: Actor, patient_id: str) -> dict[str, Any]:
     require_staff(actor)
     await require_patient_plan(actor)
-    return patient_view(await find(actor, patient_id))
+    found = patient_view(await find(actor, patient_id))
+    svc.audit.note(audit.Entry(org_id=actor.org_id, action="patient.read",
+                               **audit.by(actor, actor.org_id), target_kind="patient",
+                               target_id=patient_id, patient_id=patient_id))
+    return found
 
 
 async def update_patient(

@@ -17,7 +17,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from realtime.hub import conversation_topic
-from server.actions import conversations, messages, portal_links
+from server.actions import audit, conversations, messages, portal_links
 from server.actions.context import Actor, Services
 from server.auth import hash_secret, new_secret
 from server.errors import ApiError
@@ -166,6 +166,10 @@ async def view(svc: Services, session: PortalSession) -> PortalView:
                                                 user_id=session.patient_id)
     if participant is not None and events:
         await conversations.store_receipt(svc, participant, patient_user.name, events[0].seq)
+    svc.audit.note(audit.Entry(
+        org_id=session.org_id, action="portal.view", actor_id=session.patient_id,
+        actor_kind="patient", target_kind="conversation", target_id=conversation.id,
+        patient_id=session.patient_id, details={"events": len(shown)}))
     return PortalView(org.name, patient_user.name, conversation.subject, conversation.id,
                       shown, conversation.last_seq)
 

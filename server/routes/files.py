@@ -47,11 +47,25 @@ async def get_file(request: Request) -> Response:
         session = await portal.session_for(svc, request.cookies.get(COOKIE))
         if session is None:
             raise portal.unauthenticated()
-        found = await files.download(svc, file_id, user_id=session.patient_id,
-                                     org_id=session.org_id,
-                                     only_conversation=session.conversation_id)
+        found = await files.download_for_patient(
+            svc, file_id, patient_id=session.patient_id, org_id=session.org_id,
+            conversation_id=session.conversation_id)
     else:
         found = await files.download_for(svc, await actor_of(request), file_id)
+    return file_response(found)
+
+
+@route("GET", f"{API}/admin/files/{{file_id}}", "A file as it was sent, recalled or not "
+       "(admin; `reason` required; the read is audited with it)", query=("reason",),
+       content_type="application/octet-stream", errors=(401, 402, 403, 404, 422))
+async def retrieve_file(request: Request) -> Response:
+    actor = await actor_of(request)
+    return file_response(await files.retrieve_file(
+        services(request), actor, path_id(request, "file_id"),
+        request.query_params.get("reason")))
+
+
+def file_response(found: files.Download) -> Response:
     return StreamingResponse(found.chunks, media_type=found.content_type, headers={
         "Content-Length": str(found.size),
         # (nosniff and no-store are on every response: server/app.py SECURITY_HEADERS)

@@ -27,6 +27,12 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "area_code": {"type": "string", "pattern": "^[2-9][0-9]{2}$"},
     "team_id": {"type": "string", "description": "patient conversations on this team's numbers"},
     "phone_number_id": {"type": "string", "description": "patient conversations on this number"},
+    "reason": {"type": "string", "minLength": 1, "maxLength": 500,
+               "description": "why an admin reads this (kept in the audit trail)"},
+    "since": {"type": "string", "format": "date-time", "description": "entries at or after"},
+    "actor": {"type": "string", "description": "entries by this user (or patient) id"},
+    "patient_id": {"type": "string", "description": "entries about this patient"},
+    "action": {"type": "string", "description": "entries of this action, e.g. message.recall"},
 }
 
 

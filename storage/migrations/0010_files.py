@@ -22,7 +22,6 @@ class Migration(migrations.Migration):
                 ('size', fields.BigIntField()),
                 ('sha256', fields.CharField(db_index=True, max_length=64)),
                 ('source', fields.CharField(default='upload', db_default='upload', max_length=16)),
-                ('recalled', fields.BooleanField(default=False, db_default=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
             ],
             options={'table': 'files', 'app': 'models', 'indexes': [Index(fields=['conversation_id', 'event_id'])], 'pk_attr': 'id', 'table_description': 'A file shared in a conversation: its name and type as accepted, and the hash of'},

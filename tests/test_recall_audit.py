@@ -1,0 +1,239 @@
+"""Recall (messages and their files), admin retrieval, and the hash-chained audit trail:
+who may recall, what participants see afterwards (live, history, sync, files, portal
+links), retrieval with a reason, the trail's entries, filters, CSV export, and
+`python -m server audit verify` catching a tampered, removed or truncated chain."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from server.actions import audit
+from storage import db
+from storage.models import AuditEntry, AuditHead
+from tests.conftest import LiveServer, Session, expect, recv, send, smtp_env, twilio_env
+from tests.fake_twilio import FakeTwilio
+from tests.mail import Mailbox
+from tests.test_files import PDF, upload
+from tests.test_patient_delivery import LINK, Clinic, fresh_phone, sms_to
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server_env(twilio: FakeTwilio, mailbox: tuple[Mailbox, int]) -> dict[str, str]:
+    return {**twilio_env(twilio), **smtp_env(mailbox)}
+
+
+async def say(live: LiveServer, who: Session, cid: str, body: str) -> dict:
+    r = await live.http.post(f"/api/v1/conversations/{cid}/messages",
+                             json={"body": body, "client_id": uuid.uuid4().hex},
+                             headers=who.headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def trail(live: LiveServer, admin: Session, **filters: str) -> list[dict]:
+    r = await live.http.get("/api/v1/admin/audit", params=filters, headers=admin.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+async def test_recall_is_seen_live_and_hides_content_everywhere(live_server: LiveServer
+                                                                ) -> None:
+    live = live_server
+    admin = await live.signup()
+    member = await live.add_member(admin)
+    other = await live.add_member(admin, "Other Member")
+    elsewhere = await live.signup(org_name="Elsewhere")
+    cid = await live.conversation(member, other)
+    message = await say(live, member, cid, "wrong patient's results")
+    r = await upload(live, member, cid, "results.pdf", PDF, body="the file")
+    with_file = r.json()
+    file_id = with_file["attachments"][0]["id"]
+    watcher = await live.socket(other)
+
+    # Not the sender, not an admin: 403; outside the conversation and the org: 404.
+    r = await live.http.post(f"/api/v1/messages/{message['id']}/recall",
+                             headers=other.headers)
+    assert r.status_code == 403, r.text
+    r = await live.http.post(f"/api/v1/messages/{message['id']}/recall",
+                             headers=elsewhere.headers)
+    assert r.status_code == 404, r.text
+
+    r = await live.http.post(f"/api/v1/messages/{message['id']}/recall",
+                             headers=member.headers)
+    assert r.status_code == 200, r.text
+    recall = r.json()
+    assert (recall["kind"], recall["target_id"]) == ("recall", message["id"])
+    frame = await expect(watcher, "event")
+    assert frame["event"]["id"] == recall["id"]
+    again = await live.http.post(f"/api/v1/messages/{message['id']}/recall",
+                                 headers=member.headers)
+    assert again.status_code == 200 and again.json()["id"] == recall["id"]
+
+    # An admin of the sender's organisation recalls the file message (not a participant).
+    r = await live.http.post(f"/api/v1/messages/{with_file['id']}/recall",
+                             headers=admin.headers)
+    assert r.status_code == 200, r.text
+
+    r = await live.http.get(f"/api/v1/conversations/{cid}/events", headers=other.headers)
+    shown = {e["id"]: e for e in r.json()["events"]}
+    for recalled in (message["id"], with_file["id"]):
+        assert shown[recalled]["recalled"] is True
+        assert shown[recalled]["body"] is None and shown[recalled]["attachments"] == []
+    await send(watcher, {"type": "sync", "ref": 9, "since": {cid: 0}})
+    synced = {e["id"]: e for e in await _synced_events(watcher, 9)}
+    for recalled in (message["id"], with_file["id"]):
+        assert synced[recalled]["recalled"] is True and synced[recalled]["body"] is None
+    r = await live.http.get(f"/api/v1/files/{file_id}", headers=other.headers)
+    assert r.status_code == 404
+
+    # Admins still retrieve it, with a reason, and that read is in the trail.
+    url = f"/api/v1/admin/messages/{message['id']}"
+    assert (await live.http.get(url, headers=admin.headers)).status_code == 422
+    assert (await live.http.get(url, params={"reason": "x"}, headers=member.headers)
+            ).status_code == 403
+    assert (await live.http.get(url, params={"reason": "x"}, headers=elsewhere.headers)
+            ).status_code == 404  # another organisation's admin
+    r = await live.http.get(url, params={"reason": "Complaint #12"}, headers=admin.headers)
+    assert r.status_code == 200 and r.json()["body"] == "wrong patient's results"
+    r = await live.http.get(f"/api/v1/admin/files/{file_id}",
+                            params={"reason": "Complaint #12"}, headers=admin.headers)
+    assert r.status_code == 200 and r.content == PDF
+    entries = await trail(live, admin, action="message.retrieve")
+    assert [e["details"]["reason"] for e in entries] == ["Complaint #12"]
+    assert entries[0]["actor"] == {"id": admin.user["id"], "kind": "member"}
+    assert entries[0]["target"] == {"kind": "message", "id": message["id"]}
+    assert entries[0]["ip"] == "127.0.0.1" and entries[0]["user_agent"]
+    recalls = await trail(live, admin, action="message.recall")
+    assert {e["target"]["id"] for e in recalls} == {message["id"], with_file["id"]}
+    r = await live.http.get("/api/v1/admin/audit", headers=member.headers)
+    assert r.status_code == 403
+
+
+async def _synced_events(ws: ClientConnection, ref: int) -> list[dict]:
+    """The events a `sync` with `ref` sent, up to its `synced`."""
+    events = []
+    while True:
+        frame = await recv(ws)
+        if frame["type"] == "event":
+            events.append(frame["event"])
+        elif frame["type"] == "synced" and frame.get("ref") == ref:
+            return events
+
+
+async def test_recalling_a_patient_message_revokes_its_link(
+    live_server: LiveServer, twilio: FakeTwilio
+) -> None:
+    c = await Clinic(live_server, twilio).setup()
+    phone = fresh_phone()
+    patient = await c.patient(phone=phone)
+    cid = await c.conversation(patient, "secure_sms")
+    r = await c.say(cid, "Your results")
+    message = r.json()
+    [sms] = await sms_to(twilio, phone)
+    path = LINK.search(sms.body).group(1).removeprefix(live_server.base_url)  # type: ignore[union-attr]
+    assert (await live_server.http.get(path)).status_code == 200
+    live_server.http.cookies.clear()
+    r = await live_server.http.post(f"/api/v1/messages/{message['id']}/recall",
+                                    headers=c.member.headers)
+    assert r.status_code == 200, r.text
+    r = await live_server.http.get(path)
+    assert r.status_code == 404  # the link that announced it works no more
+    entries = await trail(live_server, c.admin, patient_id=patient["id"])
+    actions = {e["action"] for e in entries}
+    assert {"message.recall", "portal.view"} <= actions
+    [recall] = [e for e in entries if e["action"] == "message.recall"]
+    assert recall["details"]["links_revoked"] == 1
+
+
+async def test_the_trail_filters_exports_and_verifies(live_server: LiveServer,
+                                                      database_url: str) -> None:
+    live = live_server
+    admin = await live.signup()
+    member = await live.add_member(admin)
+    r = await live.http.post("/api/v1/auth/login", json={
+        "email": member.user["email"], "password": "wrong-password-1"})
+    assert r.status_code == 401
+    formula = "=cmd|' /C calc'!A0"  # a user agent a spreadsheet would run
+    await live.http.post("/api/v1/auth/login", json={"email": member.user["email"],
+                                                     "password": member.password},
+                         headers={"User-Agent": formula})
+    entries = await _settled(live, admin, 3)  # add_member's login, the failure, this one
+    logins = await trail(live, admin, actor=member.user["id"])
+    assert [e["action"] for e in logins][:3] == ["auth.login", "auth.login_failed",
+                                                 "auth.login"]
+    assert (await trail(live, admin, since="2999-01-01T00:00:00Z")) == []
+    r = await live.http.get("/api/v1/admin/audit", params={"since": "yesterday"},
+                            headers=admin.headers)
+    assert r.status_code == 422
+    page = await live.http.get("/api/v1/admin/audit", params={"limit": 1},
+                               headers=admin.headers)
+    assert page.json()["next"] is not None
+    second = await live.http.get("/api/v1/admin/audit", params={
+        "limit": 1, "cursor": page.json()["next"]}, headers=admin.headers)
+    assert second.json()["items"][0]["id"] != page.json()["items"][0]["id"]
+
+    r = await live.http.get("/api/v1/admin/audit/export", headers=admin.headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows[0][:5] == ["id", "at", "actor_kind", "actor_id", "action"]
+    assert len(rows) - 1 == len(entries) + 1  # the export is in it
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+    assert "'" + formula in [row[9] for row in rows]
+    exported = await trail(live, admin, action="audit.export")
+    assert exported and exported[0]["details"]["entries"] == len(entries)
+
+    # The chain verifies; an edited row, a removed row and a removed tail are caught.
+    env = {**os.environ, "DATABASE_URL": database_url}
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", "audit", "verify"], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    ok = verify()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    org = admin.user["org_id"]
+    await db.init_db(database_url)
+    try:
+        second_entry = await AuditEntry.get(org_id=org, seq=2)
+        await AuditEntry.filter(id=second_entry.id).update(action="auth.logout")
+        bad = verify()
+        assert bad.returncode == 1 and f"organisation {org} at entry 2" in bad.stdout
+        assert "edited" in bad.stdout
+        await AuditEntry.filter(id=second_entry.id).update(action=second_entry.action)
+        assert verify().returncode == 0
+        await AuditEntry.filter(id=second_entry.id).delete()
+        assert "entry 2 is missing" in verify().stdout
+        await AuditEntry.create(**{f: getattr(second_entry, f) for f in (
+            "id", "org_id", "seq", "at", "actor_id", "actor_kind", "action", "target_kind",
+            "target_id", "patient_id", "ip", "user_agent", "details", "prev_hash", "hash")})
+        head = await AuditHead.get(org_id=org)
+        last = await AuditEntry.get(org_id=org, seq=head.seq)
+        await last.delete()
+        tail = verify()
+        assert tail.returncode == 1 and "removed from its end" in tail.stdout
+        checked, broken = await audit.verify(org)
+        assert [b.org_id for b in broken] == [org]
+    finally:
+        await db.close_db()
+
+
+async def _settled(live: LiveServer, admin: Session, at_least: int) -> list[dict]:
+    """The trail once the writer has stored what was noted (it does not hold requests)."""
+    for _ in range(100):
+        items = await trail(live, admin, limit="500")
+        if len(items) >= at_least:
+            return items
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} audit entries")
