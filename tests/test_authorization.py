@@ -139,6 +139,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     # The portal: only a link and its session cookie open it, never a bearer token.
     ("GET", "/p/{invite}", None, (404, 404, 404, 404, 404, 404)),
     ("POST", "/p/{invite}", None, (404, 404, 404, 404, 404, 404)),
+    ("POST", "/p/{invite}/files", lambda w: Upload("a.txt", b"text"),
+     (404, 404, 404, 404, 404, 404)),
     ("POST", "/portal/ws-ticket", None, (401, 401, 401, 401, 401, 401)),
     # Twilio's webhooks: no bearer token opens them, only Twilio's signature.
     ("POST", "/webhooks/twilio/sms", None, (403, 403, 403, 403, 403, 403)),

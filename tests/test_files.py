@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, Session, expect, smtp_env, twilio_env
+from tests.conftest import LiveServer, Session, expect, quiet, smtp_env, twilio_env
 from tests.fake_twilio import FakeTwilio
 from tests.mail import Mailbox
 from tests.test_patient_delivery import CANARY, LINK, Clinic, fresh_phone, sms_to
@@ -170,6 +170,21 @@ async def test_a_file_to_a_patient_goes_by_secure_link_and_opens_in_the_portal(
     r = await http.get(f"/api/v1/files/{file_id}", headers=as_patient)
     assert r.status_code == 200 and r.content == PDF
     assert r.headers["content-disposition"].startswith("attachment;")
+
+    # The patient sends a file from the portal (a plain form, no script needed).
+    staff = await live_server.socket(c.member)
+    r = await http.post(f"{path}/files", files={"file": ("insurance.png", PNG)},
+                        data={"client_id": "portal-up-1"}, headers=as_patient)
+    assert r.status_code == 303, r.text
+    event = (await expect(staff, "event"))["event"]
+    assert event["sender"]["kind"] == "patient"
+    assert [a["name"] for a in event["attachments"]] == ["insurance.png"]
+    r = await http.post(f"{path}/files", files={"file": ("big.pdf", b"%PDF-" + bytes(LIMIT))},
+                        headers=as_patient)
+    assert r.status_code == 413 and "at most" in r.text
+    r = await http.post(f"{path}/files", files={"file": ("x.png", PNG)})  # no session
+    assert r.status_code == 303
+    assert [f for f in await quiet(staff) if f["type"] == "event"] == []
 
     # Another patient's file is not theirs to fetch.
     other = await c.patient(phone=fresh_phone())

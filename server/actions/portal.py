@@ -12,16 +12,18 @@ follow the conversation live over `/ws`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from realtime.hub import conversation_topic
-from server.actions import audit, conversations, messages, portal_links
+from server.actions import audit, conversations, files, messages, portal_links
 from server.actions.context import Actor, Services
 from server.auth import hash_secret, new_secret
 from server.errors import ApiError
 from server.ids import new_id, utcnow
+from server.uploads import Upload
 from storage.models import (
     Conversation,
     Event,
@@ -187,6 +189,14 @@ async def reply(svc: Services, session: PortalSession, body: str, client_id: str
     actor = Actor(user=user, session_id=session.id)
     await messages.send_message(svc, actor, session.conversation_id, client_id=client_id,
                                 body=body)
+
+
+async def send_file(svc: Services, session: PortalSession,
+                    receive: Callable[[], Awaitable[Upload]]) -> None:
+    """A file from the patient, like a staff upload (size and type checked)."""
+    user = await User.get(id=session.patient_id)
+    actor = Actor(user=user, session_id=session.id)
+    await files.send_file(svc, actor, session.conversation_id, receive)
 
 
 async def end_session(svc: Services, token: str | None) -> None:

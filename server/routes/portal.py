@@ -19,6 +19,7 @@ from server import schemas as s
 from server.actions import portal
 from server.errors import ApiError
 from server.http import JSON, route, services
+from server.uploads import Upload, receive
 
 COOKIE = "bt_portal"
 MAX_FORM_FIELDS = 10
@@ -107,6 +108,13 @@ def _conversation(request: Request, token: str, shown: portal.PortalView) -> Res
         '<textarea id="reply" name="body" rows="3" maxlength="4000" required></textarea>'
         f'<input type="hidden" name="client_id" value="{secrets.token_hex(12)}">'
         '<button type="submit">Send</button></form>'
+        f'<form method="post" action="/p/{escape(token)}/files" class="upload" '
+        'enctype="multipart/form-data">'
+        '<label for="file">Send a file (PDF, photo, or text)</label>'
+        '<input id="file" name="file" type="file" required '
+        'accept=".pdf,.png,.jpg,.jpeg,.gif,.txt,.csv">'
+        f'<input type="hidden" name="client_id" value="{secrets.token_hex(12)}">'
+        '<button type="submit">Send file</button></form>'
         '<p class="note">Do not share this link. It works only for you.</p>')
     return _page(request, f"Messages from {shown.org_name}", body, script=True)
 
@@ -178,6 +186,39 @@ async def portal_post(request: Request) -> Response:
             await portal.reply(svc, session, body[:4000], client_id)
         except ApiError as exc:
             return _not_sent(request, token, exc.message, exc.status)
+    return back
+
+
+@route("POST", "/p/{token}/files", "The portal's file form: multipart `file` (and "
+       "`client_id`) sent to the conversation as the patient. 303 back to the page",
+       auth=False, tag="portal", upload="file", status=303, content_type="text/html",
+       errors=(402, 404, 409, 413, 422, 429, 503))
+async def portal_file(request: Request) -> Response:
+    svc = services(request)
+    token = request.path_params["token"]
+    try:
+        opened = await portal.open_link(svc, token, request.cookies.get(COOKIE))
+    except portal.LinkLocked:
+        return _locked(request)
+    if opened is None:
+        return _not_found(request)
+    back = RedirectResponse(f"/p/{token}", status_code=303)
+    session = await portal.session_for(svc, request.cookies.get(COOKIE), link=opened.link)
+    if session is None:  # the session ended: the link asks again, nothing is read
+        return back
+    declared = request.headers.get("content-length", "")
+
+    async def body() -> Upload:
+        assert svc.blobs is not None
+        return await receive(
+            request.headers.get("content-type", ""),
+            int(declared) if declared.isdigit() else None, request.stream(), svc.blobs,
+            limit=svc.settings.max_upload_bytes)
+
+    try:
+        await portal.send_file(svc, session, body)
+    except ApiError as exc:
+        return _not_sent(request, token, exc.message, exc.status)
     return back
 
 
