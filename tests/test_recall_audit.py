@@ -150,9 +150,19 @@ async def test_recalling_a_patient_message_revokes_its_link(
     assert r.status_code == 200, r.text
     r = await live_server.http.get(path)
     assert r.status_code == 404  # the link that announced it works no more
+    r = await c.webhook("/webhooks/twilio/status", {
+        "MessageSid": sms.sid, "MessageStatus": "delivered", "To": phone,
+        "From": c.number["number"], "AccountSid": twilio.account_sid})
+    assert r.status_code == 204, r.text
     entries = await trail(live_server, c.admin, patient_id=patient["id"])
     actions = {e["action"] for e in entries}
-    assert {"message.recall", "portal.view"} <= actions
+    assert {"message.send", "message.recall", "portal.view", "delivery.status"} <= actions
+    [sent] = [e for e in entries if e["action"] == "message.send"]
+    assert sent["target"]["id"] == message["id"] and sent["actor"]["id"] == c.member.user["id"]
+    r = await c.inbound(phone, "STOP")
+    assert r.status_code == 200
+    opt_outs = await trail(live_server, c.admin, action="sms.opt_out")
+    assert len(opt_outs) == 1 and phone not in str(opt_outs)
     [recall] = [e for e in entries if e["action"] == "message.recall"]
     assert recall["details"]["links_revoked"] == 1
 

@@ -178,6 +178,11 @@ class PatientSendGate:
             raise ApiError("plan_required", PLAN_REQUIRED_MESSAGE)
         return True
 
+    def org_of(self, conversation_id: str) -> str | None:
+        """The organisation of a conversation `check` has seen (None otherwise)."""
+        known = self._kinds.get(conversation_id)
+        return known[0] if known else None
+
 
 async def admin_joins(actor: Actor, conversation_id: str) -> bool:
     """An admin posting in a patient conversation of their organisation becomes a

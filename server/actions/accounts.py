@@ -219,6 +219,7 @@ async def create_member(
         raise ApiError(
             "conflict", "an account with this email exists", {"fields": {"email": "taken"}}
         ) from None
+    audit.staff_did(svc, actor, "member.create", "user", user.id, role=user.role)
     return user_view(user)
 
 
@@ -283,4 +284,6 @@ async def update_member(
             await ApiToken.filter(id__in=sessions).update(revoked_at=now)
     for session_id in sessions:  # after commit: every node closes those sockets
         await end_session_sockets(svc, session_id, "account deactivated")
+    audit.staff_did(svc, actor, "member.update", "user", user.id, role=user.role,
+                    active=user.active)
     return {**user_view(user), "active": user.active}

@@ -75,6 +75,9 @@ class Entry:
     ip: str | None = None
     user_agent: str | None = None
     at: datetime = field(default_factory=utcnow)
+    # The patient conversation the entry is about, when its patient is not known yet: the
+    # writer looks the patients up, a batch at a time (kept off the send path).
+    patient_of: str | None = None
 
 
 def by(actor: Any, org_id: str) -> dict[str, Any]:
@@ -84,6 +87,14 @@ def by(actor: Any, org_id: str) -> dict[str, Any]:
     if kind == "member" and actor.org_id != org_id:
         kind = "external"
     return {"actor_id": actor.id, "actor_kind": kind}
+
+
+def staff_did(svc: Any, actor: Any, action: str, target_kind: str, target_id: str | None,
+              *, patient_id: str | None = None, **details: Any) -> None:
+    """Note what a staff member did in their own organisation (queued)."""
+    svc.audit.note(Entry(org_id=actor.org_id, action=action, **by(actor, actor.org_id),
+                         target_kind=target_kind, target_id=target_id,
+                         patient_id=patient_id, details=details))
 
 
 async def patient_in(conversation_id: str) -> str | None:
@@ -160,6 +171,19 @@ class AuditLog:
             await self._write(batch)
 
     async def _write(self, batch: list[tuple[Entry, asyncio.Future[None] | None]]) -> None:
+        unknown = {e.patient_of for e, _ in batch if e.patient_of and e.patient_id is None}
+        if unknown:
+            try:
+                patients = dict(await Participant.filter(
+                    conversation_id__in=list(unknown), kind="patient"
+                ).values_list("conversation_id", "user_id"))
+            except Exception as exc:  # stored without the patient rather than not at all
+                log.warning("audit: patients of %d conversations not found: %r",
+                            len(unknown), exc)
+                patients = {}
+            for entry, _ in batch:
+                if entry.patient_of and entry.patient_id is None:
+                    entry.patient_id = patients.get(entry.patient_of)
         by_org: dict[str, list[tuple[Entry, asyncio.Future[None] | None]]] = {}
         for item in batch:
             by_org.setdefault(item[0].org_id, []).append(item)

@@ -27,7 +27,7 @@ from tortoise.transactions import in_transaction
 from channels.outbox import Outcome
 from channels.sender import Outbound, SendResult
 from realtime.hub import Hub, conversation_topic
-from server.actions import portal_links
+from server.actions import audit, portal_links
 from server.config import Settings
 from server.errors import ApiError
 from server.ids import iso, new_id, utcnow
@@ -373,7 +373,8 @@ async def record_opt_out(number_id: str, phone: str, now: datetime) -> None:
 
 
 async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str | None,
-                       to: str = "", from_number: str = "") -> bool:
+                       to: str = "", from_number: str = "",
+                       trail: audit.AuditLog | None = None) -> bool:
     """A status callback: move the delivery with this SID forward (never backwards).
     False when no delivery has that SID (an SMS this server did not send).
 
@@ -400,6 +401,13 @@ async def apply_status(hub: Hub, sid: str, twilio_status: str, error_code: str |
         delivery.updated_at = utcnow()
         await delivery.save()
         hub.publish(conversation_topic(delivery.conversation_id), delivery_frame(delivery))
+        if trail is not None:
+            trail.note(audit.Entry(
+                org_id=delivery.org_id, action="delivery.status", actor_id=None,
+                actor_kind="system", target_kind="message", target_id=delivery.event_id,
+                patient_id=delivery.patient_id,
+                details={"status": status, "channel": delivery.channel,
+                         "via": "twilio webhook"}))
     return True
 
 

@@ -35,7 +35,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from realtime.hub import user_topic
-from server.actions import patients
+from server.actions import audit, patients
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_patient_plan
 from server.errors import ApiError, not_found
@@ -405,4 +405,7 @@ class _Importer:
             log.exception("could not record the end of import %s", job.id)
             return
         self._publish()
+        audit.staff_did(self._svc, self._actor, "patient.import", "job", job.id,
+                        status=status, created=job.created, updated=job.updated,
+                        rejected=job.rejected)
 

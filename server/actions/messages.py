@@ -27,7 +27,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from realtime.hub import conversation_topic
-from server.actions import access, delivery
+from server.actions import access, audit, delivery
 from server.actions.context import Actor, Services
 from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
@@ -268,10 +268,11 @@ async def send_message(
     if not client_id or len(client_id) > 64:
         raise invalid("client_id is 1 to 64 characters", client_id="1..64 characters")
     assert svc.batcher is not None
-    notifies = False
+    notifies = patient = False
     if svc.patient_gate is not None and await svc.patient_gate.check(conversation_id):
         # 402 above for patients on the free plan; here 422 if the patient cannot be
         # reached on the conversation's channel (a staff message notifies the patient).
+        patient = True
         if actor.user.kind != "patient":
             await delivery.require_contact(conversation_id)
             notifies = True
@@ -285,7 +286,24 @@ async def send_message(
         result = await svc.batcher.submit(actor, conversation_id, client_id, body, attachments)
     if notifies and result[1] and svc.outbox is not None:
         svc.outbox.notify()  # its notification is queued: send it now, not at the next poll
+    if patient and result[1]:
+        _audit_send(svc, actor, conversation_id, result[0])
     return result
+
+
+def _audit_send(svc: Services, actor: Actor, conversation_id: str,
+                event: dict[str, Any]) -> None:
+    """A message in a patient conversation is in the trail (queued: nothing is added to
+    the send's own statement or wait)."""
+    assert svc.patient_gate is not None
+    org_id = svc.patient_gate.org_of(conversation_id) or actor.org_id
+    who = ({"actor_id": actor.id, "actor_kind": "patient"} if actor.user.kind == "patient"
+           else audit.by(actor, org_id))
+    svc.audit.note(audit.Entry(
+        org_id=org_id, action="message.send", **who, target_kind="message",
+        target_id=event["id"], patient_of=conversation_id,
+        details={"conversation_id": conversation_id,
+                 "files": len(event.get("attachments") or [])}))
 
 
 async def append_event(

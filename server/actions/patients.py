@@ -198,6 +198,8 @@ async def create_patient(svc: Services, actor: Actor, values: dict[str, Any]) ->
             patient = await new_patient(actor.org_id, cleaned)
     except IntegrityError:
         raise _mrn_taken() from None
+    audit.staff_did(svc, actor, "patient.create", "patient", patient.id,
+                    patient_id=patient.id)
     return patient_view(patient)
 
 
@@ -252,6 +254,9 @@ async def update_patient(
             await sync_user_name(patient)
     except IntegrityError:
         raise _mrn_taken() from None
+    audit.staff_did(svc, actor, "patient.update", "patient", patient.id,
+                    patient_id=patient.id, fields=sorted(values),
+                    archived=archived)
     return patient_view(patient)
 
 
@@ -282,6 +287,8 @@ async def search_patients(
         rows = await query.order_by("id").limit(limit + 1).using_db(conn)
     page = rows[:limit]
     next_key = ("id", page[-1].id) if len(rows) > limit else None
+    # The search words may be PHI (a name, a DOB): only how many profiles were shown.
+    audit.staff_did(svc, actor, "patient.search", "patient", None, shown=len(page))
     return [patient_view(p) for p in page], next_key
 
 

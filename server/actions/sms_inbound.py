@@ -22,7 +22,7 @@ from tortoise.transactions import in_transaction
 from channels.twilio import TelephonyError
 from realtime.hub import conversation_topic
 from server import uploads
-from server.actions import access, delivery, files, patients
+from server.actions import access, audit, delivery, files, patients
 from server.actions.context import Services
 from server.actions.views import event_row_view
 from server.errors import ApiError
@@ -83,11 +83,16 @@ async def receive_sms(svc: Services, form: dict[str, str]) -> str:
         return EMPTY_TWIML
     now = utcnow()
     word = keyword(body, form.get("OptOutType", ""))
+    org_id: str = number.org_id  # type: ignore[attr-defined]
     if word == "stop":
         await delivery.record_opt_out(number.id, phone, now)
     elif word == "start":
         await OptOut.filter(phone_number_id=number.id, phone=phone).delete()
-    org_id: str = number.org_id  # type: ignore[attr-defined]
+    if word in ("stop", "start"):  # the phone number itself stays out of the trail
+        svc.audit.note(audit.Entry(
+            org_id=org_id, action=f"sms.opt_{'out' if word == 'stop' else 'in'}",
+            actor_id=None, actor_kind="system", target_kind="phone_number",
+            target_id=number.id, details={"via": "twilio webhook"}))
     patient, conversation = await _conversation_for(svc, number, org_id, phone)
     await _store(svc, conversation, patient, sid, body, form)
     if word == "help":
@@ -153,6 +158,12 @@ async def _store(svc: Services, conversation: Conversation, patient: Patient, si
     if kept:
         await files.attach(kept, row["id"])
     row["seq"], row["sender_kind"] = stored
+    svc.audit.note(audit.Entry(
+        org_id=conversation.org_id, action="message.receive_sms",  # type: ignore[attr-defined]
+        actor_id=patient.id, actor_kind="patient", target_kind="message",
+        target_id=row["id"], patient_id=patient.id,
+        details={"conversation_id": conversation.id, "files": len(kept),
+                 "files_not_kept": len(missed)}))
     svc.hub.publish(conversation_topic(conversation.id),
                     {"type": "event", "event": event_row_view(row)})
 
@@ -199,4 +210,5 @@ async def status_callback(svc: Services, form: dict[str, str]) -> None:
     status = form.get("MessageStatus") or form.get("SmsStatus") or ""
     if sid and status:
         await delivery.apply_status(svc.hub, sid, status, form.get("ErrorCode") or None,
-                                    to=form.get("To", ""), from_number=form.get("From", ""))
+                                    to=form.get("To", ""), from_number=form.get("From", ""),
+                                    trail=svc.audit)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tortoise.exceptions import IntegrityError
 
-from server.actions import access
+from server.actions import access, audit
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_admin
 from server.errors import ApiError, invalid
@@ -93,6 +93,7 @@ async def add_to_team(svc: Services, actor: Actor, team_id: str, user_id: str) -
     except IntegrityError:
         return  # already in it: PUT is idempotent
     await access.joined_team(svc, team.id, user.id)  # its numbers' patient conversations
+    audit.staff_did(svc, actor, "team.add_member", "team", team.id, user_id=user.id)
 
 
 async def remove_from_team(svc: Services, actor: Actor, team_id: str, user_id: str) -> None:
@@ -101,3 +102,4 @@ async def remove_from_team(svc: Services, actor: Actor, team_id: str, user_id: s
     removed = await TeamMember.filter(team_id=team.id, user_id=user_id).delete()
     if removed:
         await access.left_team(svc, team.id, user_id)  # at once, sockets included
+        audit.staff_did(svc, actor, "team.remove_member", "team", team.id, user_id=user_id)
