@@ -25,6 +25,7 @@ from server.actions import audit, conversations, delivery, externals
 from server.actions.access import PatientSendGate
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
+from server.actions.retention import RetentionRound
 from server.auth import LoginLimiter
 from server.config import Settings, load_settings
 from server.errors import ApiError
@@ -172,7 +173,8 @@ def make_outbox(settings: Settings, hub: Hub) -> OutboxWorker:
     # patient message's notification is built when it is sent (delivery.PatientMessages).
     return OutboxWorker(
         senders,
-        before_round=[externals.release_due, lambda: delivery.queue_reminders(settings)],
+        before_round=[externals.release_due, lambda: delivery.queue_reminders(settings),
+                      RetentionRound(LocalBlobStore(settings.data_dir / "blobs"))],
         handlers=[delivery.PatientMessages(settings, hub, sms_lookup=sms),
                   delivery.PatientReminders(settings)],
         lease_seconds=settings.outbox_lease_seconds,

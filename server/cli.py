@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="put an organisation on a plan (billing is elsewhere)")
     plan.add_argument("org_id", metavar="ORG", help="the organisation's id (GET /api/v1/org)")
     plan.add_argument("plan", choices=orgs.PLANS)
+    commands.add_parser("purge", help="remove content past each organisation's retention "
+                        "(the workers do it hourly)")
     audit_cmd = commands.add_parser("audit", help="check the audit trail's hash chains")
     audit_cmd.add_argument("action", choices=["verify"])
     audit_cmd.add_argument("--org", help="one organisation's chain (default: every one)")
@@ -154,7 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(set_plan(settings, args.org_id, args.plan))
     elif args.command == "audit":
         return asyncio.run(verify_audit(settings, args.org))
+    elif args.command == "purge":
+        asyncio.run(purge(settings))
     return 0
+
+
+async def purge(settings: Settings) -> None:
+    from server.actions.retention import purge_expired
+    from storage.blobs import LocalBlobStore
+
+    await db.init_db(settings.database_url)
+    try:
+        done = await purge_expired(LocalBlobStore(settings.data_dir / "blobs"))
+    finally:
+        await db.close_db()
+    for org_id, count in done.items():
+        print(f"{org_id}: {count} message(s) emptied")
+    print(f"retention: {sum(done.values())} message(s) emptied in {len(done)} organisation(s)")
 
 
 async def verify_audit(settings: Settings, org_id: str | None) -> int:

@@ -292,6 +292,7 @@ class Event(Struct):
     client_id: str | None
     created_at: Timestamp
     recalled: bool = False
+    expired: bool = False  # emptied by the organisation's retention policy
     target_id: str | None = None
 
 

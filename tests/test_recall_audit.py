@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 
 from server.actions import audit
-from storage import db
-from storage.models import AuditEntry, AuditHead
+from storage.models import AuditEntry, AuditHead, Event
 from tests.conftest import LiveServer, Session, expect, recv, send, smtp_env, twilio_env
 from tests.fake_twilio import FakeTwilio
 from tests.mail import Mailbox
@@ -214,29 +214,26 @@ async def test_the_trail_filters_exports_and_verifies(live_server: LiveServer,
     ok = verify()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     org = admin.user["org_id"]
-    await db.init_db(database_url)
-    try:
-        second_entry = await AuditEntry.get(org_id=org, seq=2)
-        await AuditEntry.filter(id=second_entry.id).update(action="auth.logout")
-        bad = verify()
-        assert bad.returncode == 1 and f"organisation {org} at entry 2" in bad.stdout
-        assert "edited" in bad.stdout
-        await AuditEntry.filter(id=second_entry.id).update(action=second_entry.action)
-        assert verify().returncode == 0
-        await AuditEntry.filter(id=second_entry.id).delete()
-        assert "entry 2 is missing" in verify().stdout
-        await AuditEntry.create(**{f: getattr(second_entry, f) for f in (
-            "id", "org_id", "seq", "at", "actor_id", "actor_kind", "action", "target_kind",
-            "target_id", "patient_id", "ip", "user_agent", "details", "prev_hash", "hash")})
-        head = await AuditHead.get(org_id=org)
-        last = await AuditEntry.get(org_id=org, seq=head.seq)
-        await last.delete()
-        tail = verify()
-        assert tail.returncode == 1 and "removed from its end" in tail.stdout
-        checked, broken = await audit.verify(org)
-        assert [b.org_id for b in broken] == [org]
-    finally:
-        await db.close_db()
+    # The server runs in this process: its ORM connection is this test's too.
+    second_entry = await AuditEntry.get(org_id=org, seq=2)
+    await AuditEntry.filter(id=second_entry.id).update(action="auth.logout")
+    bad = verify()
+    assert bad.returncode == 1 and f"organisation {org} at entry 2" in bad.stdout
+    assert "edited" in bad.stdout
+    await AuditEntry.filter(id=second_entry.id).update(action=second_entry.action)
+    assert verify().returncode == 0
+    await AuditEntry.filter(id=second_entry.id).delete()
+    assert "entry 2 is missing" in verify().stdout
+    await AuditEntry.create(**{f: getattr(second_entry, f) for f in (
+        "id", "org_id", "seq", "at", "actor_id", "actor_kind", "action", "target_kind",
+        "target_id", "patient_id", "ip", "user_agent", "details", "prev_hash", "hash")})
+    head = await AuditHead.get(org_id=org)
+    last = await AuditEntry.get(org_id=org, seq=head.seq)
+    await last.delete()
+    tail = verify()
+    assert tail.returncode == 1 and "removed from its end" in tail.stdout
+    checked, broken = await audit.verify(org)
+    assert [b.org_id for b in broken] == [org]
 
 
 async def _settled(live: LiveServer, admin: Session, at_least: int) -> list[dict]:
@@ -247,3 +244,44 @@ async def _settled(live: LiveServer, admin: Session, at_least: int) -> list[dict
             return items
         await asyncio.sleep(0.05)
     raise AssertionError(f"fewer than {at_least} audit entries")
+
+
+async def test_retention_empties_old_content_and_keeps_the_chain(
+    live_server: LiveServer, database_url: str
+) -> None:
+    live = live_server
+    admin = await live.signup()
+    member = await live.add_member(admin)
+    cid = await live.conversation(admin, member)
+    old = await say(live, admin, cid, "old news")
+    r = await upload(live, admin, cid, "old.pdf", PDF)
+    old_file = r.json()
+    recent = await say(live, admin, cid, "still here")
+    r = await live.http.patch("/api/v1/org", json={"policies": {"retention_days": "7"}},
+                              headers=admin.headers)
+    assert r.status_code == 422  # a whole number of days
+    r = await live.http.patch("/api/v1/org", json={"policies": {"retention_days": 30}},
+                              headers=admin.headers)
+    assert r.status_code == 200, r.text
+    # The server runs in this process: its ORM connection is this test's too.
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    await Event.filter(id__in=[old["id"], old_file["id"]]).update(created_at=long_ago)
+    env = {**os.environ, "DATABASE_URL": database_url,
+           "BLOOMTEXT_DATA_DIR": str(live.settings.data_dir)}
+    done = subprocess.run([sys.executable, "-m", "server", "purge"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "2 message(s) emptied" in done.stdout, done.stderr
+    r = await live.http.get(f"/api/v1/conversations/{cid}/events", headers=member.headers)
+    shown = {e["id"]: e for e in r.json()["events"]}
+    assert shown[old["id"]]["expired"] is True and shown[old["id"]]["body"] is None
+    assert shown[old_file["id"]]["attachments"] == []
+    assert shown[recent["id"]]["body"] == "still here"
+    file_id = old_file["attachments"][0]["id"]
+    r = await live.http.get(f"/api/v1/files/{file_id}", headers=member.headers)
+    assert r.status_code == 404
+    assert not [p for p in (live.settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    [purge] = await trail(live, admin, action="retention.purge")
+    assert purge["actor"]["kind"] == "system" and purge["details"]["messages"] == 2
+    verified = subprocess.run([sys.executable, "-m", "server", "audit", "verify"], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout

@@ -27,6 +27,10 @@ TRIAL_DAYS = 7
 SEAT_KINDS = ("member",)
 POLICY_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_POLICIES = 50
+# How long messages and files are kept, in days (server/actions/retention.py); unset: for
+# ever, the default.
+RETENTION_POLICY = "retention_days"
+MAX_RETENTION_DAYS = 36500
 
 
 def effective_plan(org: Org, now: datetime | None = None) -> str:
@@ -108,6 +112,11 @@ def merge_policies(current: dict[str, Any], changes: dict[str, Any]) -> dict[str
                           policies=f"bad name {key[:64]!r}")
         if value is None:
             merged.pop(key, None)
+        elif key == RETENTION_POLICY and (isinstance(value, bool) or not isinstance(value, int)
+                                          or not 1 <= value <= MAX_RETENTION_DAYS):
+            raise invalid(f"{RETENTION_POLICY} is a whole number of days, 1 to "
+                          f"{MAX_RETENTION_DAYS} (null: keep everything)",
+                          policies=f"bad value for {key}")
         elif isinstance(value, bool | int | float | str) and len(str(value)) <= 200:
             merged[key] = value
         else:

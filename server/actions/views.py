@@ -95,6 +95,8 @@ def event_row_view(row: dict[str, Any]) -> dict[str, Any]:
         if row["recalled"]:
             view["body"] = None
             view["attachments"] = []
+        elif row["body"] is None:  # emptied by the organisation's retention policy
+            view["expired"] = True
     if row["target_id"]:
         view["target_id"] = row["target_id"]
     return view
