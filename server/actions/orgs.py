@@ -15,6 +15,7 @@ from typing import Any
 
 from tortoise.transactions import in_transaction
 
+from server.actions import audit
 from server.actions.context import Actor, Services
 from server.actions.views import org_view
 from server.config import Settings
@@ -140,6 +141,8 @@ async def update_org(
         if policies is not None:
             org.policies = merge_policies(org.policies or {}, policies)
         await org.save(update_fields=["name", "policies"])
+    audit.staff_did(svc, actor, "org.update", "organisation", org.id,
+                    name=name is not None, policies=sorted(policies or {}))
     return await org_summary(svc, org)
 
 

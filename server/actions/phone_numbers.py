@@ -16,7 +16,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from channels.twilio import TelephonyError
-from server.actions import access
+from server.actions import access, audit
 from server.actions.context import Actor, Services
 from server.actions.orgs import require_admin, require_patient_plan
 from server.actions.patients import normalise_phone
@@ -93,6 +93,7 @@ async def buy(svc: Services, actor: Actor, *, number: str, team_id: str) -> dict
         log.error("number %s (Twilio %s) was bought but is already stored", owned.number,
                   owned.sid)
         raise ApiError("conflict", "this number is already in use on this server") from None
+    audit.staff_did(svc, actor, "number.buy", "phone_number", row.id, team_id=team_id)
     return number_view(row)
 
 
@@ -126,6 +127,7 @@ async def move(svc: Services, actor: Actor, number_id: str, *, team_id: str) -> 
         await number.save(update_fields=["team_id"])
     if old_team != team.id:
         await access.number_moved(svc, number.id, old_team, team.id)
+    audit.staff_did(svc, actor, "number.move", "phone_number", number.id, team_id=team_id)
     return number_view(number)
 
 
