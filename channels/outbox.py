@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,20 @@ class PurposeHandler(Protocol):
 RoundHook = Callable[[], Awaitable[int]]
 
 
+class Every:
+    """A round hook that runs at most every `seconds` (the first round runs it): for
+    what need not be looked at twice a second (reminders due, retention)."""
+
+    def __init__(self, seconds: float, hook: RoundHook) -> None:
+        self._seconds, self._hook, self._next = seconds, hook, 0.0
+
+    async def __call__(self) -> int:
+        if time.monotonic() < self._next:
+            return 0
+        self._next = time.monotonic() + self._seconds
+        return await self._hook()
+
+
 async def enqueue(
     *, org_id: str | None, channel: str, purpose: str, to: str, payload: dict[str, Any],
     held: bool = False,
@@ -98,6 +113,7 @@ class OutboxWorker:
         base_delay: float = 10.0,
         max_delay: float = 3600.0,
         lease_seconds: float = 120.0,
+        linger_seconds: float = 0.05,
         on_failed: FailedHook | None = None,
         before_round: Sequence[RoundHook] = (),
         handlers: Sequence[PurposeHandler] = (),
@@ -110,6 +126,7 @@ class OutboxWorker:
         self._base = base_delay
         self._max_delay = max_delay
         self._lease = timedelta(seconds=lease_seconds)
+        self._linger = linger_seconds
         self._on_failed = on_failed
         self._before_round = list(before_round)
         self._wake = asyncio.Event()
@@ -151,6 +168,11 @@ class OutboxWorker:
                 except TimeoutError:
                     pass
                 self._wake.clear()
+            if done < self._batch:
+                # A trickle (one notification per send) would otherwise be claimed, sent
+                # and recorded one row at a time, at ten statements each: waiting a moment
+                # lets a batch gather, for a few tens of ms on an SMS's way.
+                await asyncio.sleep(self._linger)
 
     async def run_once(self) -> int:
         """Claim what is due, send it, record the outcomes; the number of rows handled."""

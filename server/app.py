@@ -16,16 +16,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from channels.email_smtp import SmtpSender
-from channels.outbox import OutboxWorker
+from channels.outbox import Every, OutboxWorker
 from channels.sender import LoggingSender, Sender
 from channels.twilio import TwilioMedia, TwilioNumbers, TwilioSmsSender, make_twilio_client
 from realtime.broker import make_broker
 from realtime.hub import Hub
-from server.actions import audit, conversations, delivery, externals
+from server.actions import audit, conversations, delivery, externals, retention
 from server.actions.access import PatientSendGate
 from server.actions.context import Services
 from server.actions.messages import SendBatcher
-from server.actions.retention import RetentionRound
 from server.auth import LoginLimiter
 from server.config import Settings, load_settings
 from server.errors import ApiError
@@ -47,6 +46,7 @@ from storage.outage import is_outage
 
 log = logging.getLogger("bloomtext")
 DEFAULT_POSTGRES_LANES = 2
+REMINDERS_EVERY = 30.0  # seconds between looks for unread notices due a reminder
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -171,10 +171,13 @@ def make_outbox(settings: Settings, hub: Hub) -> OutboxWorker:
     }
     # An external invitation's mail is held until its conversation's first message; a
     # patient message's notification is built when it is sent (delivery.PatientMessages).
+    blobs = LocalBlobStore(settings.data_dir / "blobs")
     return OutboxWorker(
         senders,
-        before_round=[externals.release_due, lambda: delivery.queue_reminders(settings),
-                      RetentionRound(LocalBlobStore(settings.data_dir / "blobs"))],
+        before_round=[externals.release_due,
+                      Every(min(REMINDERS_EVERY, settings.reminder_after_seconds / 2),
+                            lambda: delivery.queue_reminders(settings)),
+                      Every(retention.PURGE_EVERY, lambda: retention.purge_round(blobs))],
         handlers=[delivery.PatientMessages(settings, hub, sms_lookup=sms),
                   delivery.PatientReminders(settings)],
         lease_seconds=settings.outbox_lease_seconds,

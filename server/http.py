@@ -19,6 +19,7 @@ from realtime.protocol import ID_PATTERN
 from server.actions import accounts
 from server.actions.context import Actor, Services
 from server.errors import ApiError
+from server.uploads import Upload, receive
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -55,6 +56,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError("too_large", f"request body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def file_upload(request: Request) -> Callable[[], Awaitable[Upload]]:
+    """The request's multipart file, staged as it streams (413 past MAX_UPLOAD_BYTES),
+    read only when the action calls it: after it has checked who is asking."""
+    svc = services(request)
+    declared = request.headers.get("content-length", "")
+
+    async def receive_it() -> Upload:
+        assert svc.blobs is not None
+        return await receive(
+            request.headers.get("content-type", ""),
+            int(declared) if declared.isdigit() else None, request.stream(), svc.blobs,
+            limit=svc.settings.max_upload_bytes)
+
+    return receive_it
 
 
 async def parse_patch(request: Request, schema: type[T]) -> tuple[T, set[str]]:

@@ -148,9 +148,7 @@ async def test_a_file_to_a_patient_goes_by_secure_link_and_opens_in_the_portal(
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
     http = live_server.http
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone)
-    cid = await c.conversation(patient, "sms")  # normal SMS: still no file by plain SMS
+    phone, patient, cid = await c.with_patient("sms")  # normal SMS: still no file by plain SMS
     r = await upload(live_server, c.member, cid, "results.pdf", PDF, body=f"Results {CANARY}")
     assert r.status_code == 201, r.text
     file_id = r.json()["attachments"][0]["id"]
@@ -201,9 +199,7 @@ async def test_inbound_mms_media_become_attachments(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone)
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient()
     staff = await live_server.socket(c.member)
     sid = "MM" + uuid.uuid4().hex
     jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8

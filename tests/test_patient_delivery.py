@@ -55,6 +55,13 @@ class Clinic:
         assert r.status_code == 201, r.text
         return r.json()
 
+    async def with_patient(self, channel: str = "secure_sms", **values: Any
+                           ) -> tuple[str, dict[str, Any], str]:
+        """A new patient with a fresh phone, in a new conversation: (phone, patient, id)."""
+        phone = fresh_phone()
+        patient = await self.patient(phone=phone, **values)
+        return phone, patient, await self.conversation(patient, channel)
+
     async def conversation(self, patient: dict[str, Any], channel: str) -> str:
         r = await self.live.http.post("/api/v1/conversations", json={
             "to": [{"patient_id": patient["id"]}], "phone_number_id": self.number["id"],

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import LiveServer, expect, quiet, send, smtp_env, twilio_env
 from tests.fake_twilio import FakeTwilio
 from tests.mail import Mailbox
-from tests.test_patient_delivery import CANARY, LINK, Clinic, fresh_phone, sms_to
+from tests.test_patient_delivery import CANARY, LINK, Clinic, sms_to
 from tests.test_ws import _closed_with
 
 
@@ -42,9 +42,7 @@ async def test_dob_session_page_reply_and_patient_viewed(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone, dob="1980-04-12")
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient(dob="1980-04-12")
     staff = await live_server.socket()
     await send(staff, {"type": "auth", "token": c.member.token})
     await expect(staff, "ready")
@@ -96,9 +94,7 @@ async def test_links_that_do_not_work_all_look_the_same(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone)  # no DOB: straight in
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient()  # no DOB: straight in
     first = await secure_link(c, twilio, cid, phone, "one")
     second = await secure_link(c, twilio, cid, phone, "two", count=2)
     http = live_server.http
@@ -119,9 +115,7 @@ async def test_five_wrong_dobs_lock_the_link_and_tell_the_team(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone, dob="1975-01-02")
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient(dob="1975-01-02")
     staff = await live_server.socket()
     await send(staff, {"type": "auth", "token": c.member.token})
     await expect(staff, "ready")
@@ -142,9 +136,7 @@ async def test_portal_socket_with_a_one_time_ticket(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone)
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient()
     other = await c.conversation(patient, "secure_sms")  # the same patient, elsewhere
     path = await secure_link(c, twilio, cid, phone, "first")
     http = live_server.http

@@ -15,23 +15,21 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from websockets.asyncio.client import ClientConnection
 
 from server.actions import audit
 from storage.models import AuditEntry, AuditHead, Event
-from tests.conftest import LiveServer, Session, expect, recv, send, smtp_env, twilio_env
+from tests.conftest import LiveServer, Session, expect, recv, send
 from tests.fake_twilio import FakeTwilio
-from tests.mail import Mailbox
 from tests.test_files import PDF, upload
-from tests.test_patient_delivery import LINK, Clinic, fresh_phone, sms_to
+from tests.test_patient_delivery import (
+    LINK,
+    Clinic,
+    server_env,  # noqa: F401  (its Twilio and SMTP)
+    sms_to,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def server_env(twilio: FakeTwilio, mailbox: tuple[Mailbox, int]) -> dict[str, str]:
-    return {**twilio_env(twilio), **smtp_env(mailbox)}
 
 
 async def say(live: LiveServer, who: Session, cid: str, body: str) -> dict:
@@ -136,9 +134,7 @@ async def test_recalling_a_patient_message_revokes_its_link(
     live_server: LiveServer, twilio: FakeTwilio
 ) -> None:
     c = await Clinic(live_server, twilio).setup()
-    phone = fresh_phone()
-    patient = await c.patient(phone=phone)
-    cid = await c.conversation(patient, "secure_sms")
+    phone, patient, cid = await c.with_patient()
     r = await c.say(cid, "Your results")
     message = r.json()
     [sms] = await sms_to(twilio, phone)

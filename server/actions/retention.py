@@ -2,14 +2,13 @@
 older messages removed: their text and their files (the blobs too, once nothing else
 names them). The events themselves stay (the timeline keeps its seqs, with no gaps) and
 read as `expired`; deliveries and the audit trail stay. Each purge is an entry of the
-organisation's audit trail (the chain goes on). Run by the outbox worker's rounds at
-most every `PURGE_EVERY` (and `python -m server purge` at once).
+organisation's audit trail (the chain goes on). Run by the outbox workers at most every
+`PURGE_EVERY` seconds (server/app.py), and by `python -m server purge` at once.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timedelta
 
 from server.actions import audit, files
@@ -63,14 +62,6 @@ async def _purge_org(blobs: BlobStore, org_id: str, cutoff: datetime) -> tuple[i
         emptied, removed = emptied + len(ids), removed + len(stored)
 
 
-class RetentionRound:
-    """The worker's round hook: a purge at most every PURGE_EVERY seconds."""
-
-    def __init__(self, blobs: BlobStore, every: float = PURGE_EVERY) -> None:
-        self._blobs, self._every, self._next = blobs, every, 0.0
-
-    async def __call__(self) -> int:
-        if time.monotonic() < self._next:
-            return 0
-        self._next = time.monotonic() + self._every
-        return sum((await purge_expired(self._blobs)).values())
+async def purge_round(blobs: BlobStore) -> int:
+    """The workers' hourly round: messages emptied."""
+    return sum((await purge_expired(blobs)).values())

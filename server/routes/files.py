@@ -9,9 +9,8 @@ from starlette.responses import Response, StreamingResponse
 
 from server import schemas as s
 from server.actions import files, portal
-from server.http import JSON, actor_of, path_id, route, services
+from server.http import JSON, actor_of, file_upload, path_id, route, services
 from server.routes.portal import COOKIE
-from server.uploads import Upload, receive
 
 API = "/api/v1"
 
@@ -22,18 +21,8 @@ API = "/api/v1"
        upload="file", errors=(401, 402, 404, 409, 413, 422, 503))
 async def send_file(request: Request) -> Response:
     actor = await actor_of(request)
-    svc = services(request)
-    declared = request.headers.get("content-length", "")
-
-    async def body() -> Upload:
-        assert svc.blobs is not None
-        return await receive(
-            request.headers.get("content-type", ""),
-            int(declared) if declared.isdigit() else None, request.stream(), svc.blobs,
-            limit=svc.settings.max_upload_bytes)
-
     event, created = await files.send_file(
-        svc, actor, path_id(request, "conversation_id"), body)
+        services(request), actor, path_id(request, "conversation_id"), file_upload(request))
     return JSON(event, status_code=201 if created else 200)
 
 

@@ -18,8 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from server import schemas as s
 from server.actions import portal
 from server.errors import ApiError
-from server.http import JSON, route, services
-from server.uploads import Upload, receive
+from server.http import JSON, file_upload, route, services
 
 COOKIE = "bt_portal"
 MAX_FORM_FIELDS = 10
@@ -119,6 +118,16 @@ def _conversation(request: Request, token: str, shown: portal.PortalView) -> Res
     return _page(request, f"Messages from {shown.org_name}", body, script=True)
 
 
+async def _open(request: Request, token: str) -> portal.Opened | Response:
+    """The link's state, or the page that says it cannot be opened (locked, or the same
+    404 page for every link that does not work)."""
+    try:
+        opened = await portal.open_link(services(request), token, request.cookies.get(COOKIE))
+    except portal.LinkLocked:
+        return _locked(request)
+    return opened if opened is not None else _not_found(request)
+
+
 def _with_session(response: Response, request: Request, token: str | None) -> Response:
     if token:
         response.set_cookie(
@@ -134,12 +143,9 @@ def _with_session(response: Response, request: Request, token: str | None) -> Re
 async def portal_page(request: Request) -> Response:
     svc = services(request)
     token = request.path_params["token"]
-    try:
-        opened = await portal.open_link(svc, token, request.cookies.get(COOKIE))
-    except portal.LinkLocked:
-        return _locked(request)
-    if opened is None:
-        return _not_found(request)
+    opened = await _open(request, token)
+    if isinstance(opened, Response):
+        return opened
     if opened.needs_dob:
         return _dob_form(request, token, wrong=False)
     session = await portal.session_for(svc, opened.session_token or
@@ -196,27 +202,15 @@ async def portal_post(request: Request) -> Response:
 async def portal_file(request: Request) -> Response:
     svc = services(request)
     token = request.path_params["token"]
-    try:
-        opened = await portal.open_link(svc, token, request.cookies.get(COOKIE))
-    except portal.LinkLocked:
-        return _locked(request)
-    if opened is None:
-        return _not_found(request)
+    opened = await _open(request, token)
+    if isinstance(opened, Response):
+        return opened
     back = RedirectResponse(f"/p/{token}", status_code=303)
     session = await portal.session_for(svc, request.cookies.get(COOKIE), link=opened.link)
     if session is None:  # the session ended: the link asks again, nothing is read
         return back
-    declared = request.headers.get("content-length", "")
-
-    async def body() -> Upload:
-        assert svc.blobs is not None
-        return await receive(
-            request.headers.get("content-type", ""),
-            int(declared) if declared.isdigit() else None, request.stream(), svc.blobs,
-            limit=svc.settings.max_upload_bytes)
-
     try:
-        await portal.send_file(svc, session, body)
+        await portal.send_file(svc, session, file_upload(request))
     except ApiError as exc:
         return _not_sent(request, token, exc.message, exc.status)
     return back
