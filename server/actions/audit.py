@@ -42,8 +42,9 @@ GENESIS = "0" * 64  # the prev_hash of an organisation's first entry
 MAX_BATCH = 500
 # How long the writer waits for more entries after the first: a trickle (one entry per
 # patient-conversation send) is then written a batch at a time, at five statements per
-# batch and organisation instead of per entry, on the database the sends share.
-LINGER_SECONDS = 0.05
+# batch and organisation instead of per entry, on the database the sends share. An entry
+# someone waits for (`record`) cuts the wait short.
+LINGER_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class AuditLog:
         self._queue: asyncio.Queue[tuple[Entry, asyncio.Future[None] | None]] = (
             asyncio.Queue())
         self._task: asyncio.Task[None] | None = None
+        self._waited = asyncio.Event()  # a `record` is queued: write now
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -154,6 +156,7 @@ class AuditLog:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((_with_origin(entry), done))
+        self._waited.set()
         await done
 
     def note(self, entry: Entry) -> None:
@@ -171,7 +174,12 @@ class AuditLog:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
-            await asyncio.sleep(LINGER_SECONDS)
+            if first[1] is None:  # only notes so far: let more gather
+                try:
+                    await asyncio.wait_for(self._waited.wait(), LINGER_SECONDS)
+                except TimeoutError:
+                    pass
+            self._waited.clear()
             batch = [first, *self._take()]
             await self._write(batch)
 
