@@ -217,6 +217,7 @@ def create_app(settings: Settings | None = None) -> Application:
         )
         svc.numbers, svc.media = make_numbers(settings)
         svc.patient_gate = PatientSendGate()
+        svc.contacts = delivery.ContactCheck()
         svc.batcher = SendBatcher(svc, send_lanes(settings))
         svc.batcher.start()
         svc.audit.start()

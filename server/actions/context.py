@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from channels.outbox import OutboxWorker
     from channels.twilio import TwilioMedia, TwilioNumbers
     from server.actions.access import PatientSendGate
+    from server.actions.delivery import ContactCheck
     from server.actions.messages import SendBatcher
 
 # Called after a batch of events is committed (before fan-out): the seam where the
@@ -37,6 +38,7 @@ class Services:
     numbers: TwilioNumbers | None = None  # None without Twilio credentials
     media: TwilioMedia | None = None  # an inbound MMS's media; None without Twilio
     patient_gate: PatientSendGate | None = None
+    contacts: ContactCheck | None = None  # set with patient_gate by the app
     blobs: BlobStore | None = None  # files' bytes (storage/blobs.py); set by the app
     audit: AuditLog = field(default_factory=AuditLog)  # started by the app
 

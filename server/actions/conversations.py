@@ -246,6 +246,8 @@ async def update_conversation(
         changes["channel"] = channel
     if changes:
         await Conversation.filter(id=conversation.id).update(**changes, updated_at=utcnow())
+        if svc.contacts is not None:
+            svc.contacts.forget(conversation.id)
     staff = await Participant.filter(conversation_id=conversation.id).exclude(
         kind="patient").values_list("user_id", flat=True)
     for uid in staff:

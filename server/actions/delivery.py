@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -100,12 +101,31 @@ def require_reachable(channel: str, phone: str | None, email: str | None) -> Non
                        {"fields": {"channel": "patient has no email"}})
 
 
-async def require_contact(conversation_id: str) -> None:
+class ContactCheck:
     """Before a staff message in a patient conversation is stored: the patient must have
-    what the conversation's channel needs."""
-    found = await queries.patient_contact(db.connection(), conversation_id)
-    if found is not None:  # None: not a patient conversation any more (the send decides)
+    what the conversation's channel needs (422 otherwise). A conversation found reachable
+    is not read again for `ttl` seconds: a send is then spared a query, and a contact
+    removed meanwhile shows as that one message's failed delivery (the worker checks
+    again when it sends). A PATCH of the conversation on this node forgets it at once."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 100_000) -> None:
+        self._ttl, self._size = ttl, size
+        self._reachable: dict[str, float] = {}  # conversation -> checked until (monotonic)
+
+    async def require(self, conversation_id: str) -> None:
+        now = time.monotonic()
+        if self._reachable.get(conversation_id, 0.0) > now:
+            return
+        found = await queries.patient_contact(db.connection(), conversation_id)
+        if found is None:  # not a patient conversation any more (the send decides)
+            return
         require_reachable(found["channel"] or "secure_sms", found["phone"], found["email"])
+        if len(self._reachable) >= self._size:
+            self._reachable.clear()
+        self._reachable[conversation_id] = now + self._ttl
+
+    def forget(self, conversation_id: str) -> None:
+        self._reachable.pop(conversation_id, None)
 
 
 async def opted_out(number_id: str, phone: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 
 from realtime.hub import conversation_topic
-from server.actions import access, audit, delivery
+from server.actions import access, audit
 from server.actions.context import Actor, Services
 from server.actions.views import event_row_view
 from server.errors import ApiError, invalid, not_found
@@ -274,7 +274,8 @@ async def send_message(
         # reached on the conversation's channel (a staff message notifies the patient).
         patient = True
         if actor.user.kind != "patient":
-            await delivery.require_contact(conversation_id)
+            assert svc.contacts is not None  # set with patient_gate
+            await svc.contacts.require(conversation_id)
             notifies = True
     try:
         result = await svc.batcher.submit(actor, conversation_id, client_id, body, attachments)
