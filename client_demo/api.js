@@ -26,18 +26,9 @@ export function createApi(getToken, onUnauthenticated) {
     if (body !== undefined && !form) headers['Content-Type'] = 'application/json';
     const token = auth ? getToken() : null;
     if (token) headers.Authorization = `Bearer ${token}`;
-    let url = path;
-    if (query) {
-      const params = new URLSearchParams();
-      for (const [k, v] of Object.entries(query)) {
-        if (v !== undefined && v !== null && v !== '') params.set(k, String(v));
-      }
-      const qs = params.toString();
-      if (qs) url += (url.includes('?') ? '&' : '?') + qs;
-    }
     let res;
     try {
-      res = await fetch(url, {
+      res = await fetch(withQuery(path, query), {
         method,
         headers,
         body: body === undefined || form ? body : JSON.stringify(body),
@@ -48,22 +39,88 @@ export function createApi(getToken, onUnauthenticated) {
       throw new ApiError(0, 'network', 'Cannot reach the server.');
     }
     if (res.status === 204) return null;
-    let data = null;
     const text = await res.text();
-    if (text) {
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = null;
+    if (!res.ok) throw errorOf(res.status, res.statusText, text, token);
+    try {
+      return text ? JSON.parse(text) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function withQuery(path, query) {
+    if (!query) return path;
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) {
+      if (v !== undefined && v !== null && v !== '') params.set(k, String(v));
+    }
+    const qs = params.toString();
+    return qs ? path + (path.includes('?') ? '&' : '?') + qs : path;
+  }
+
+  // The `{error}` of an answer that is not ok (the body as text), as an ApiError.
+  function errorOf(status, statusText, text, token) {
+    let err = {};
+    try {
+      err = (text && JSON.parse(text).error) || {};
+    } catch {
+      err = {};
+    }
+    if (status === 401 && token) onUnauthenticated?.();
+    return new ApiError(status, err.code || `http_${status}`,
+      err.message || statusText || 'Request failed', err.details);
+  }
+
+  /** GET of something to save (a file, an export): the Blob, with the Bearer token. */
+  async function blob(path, query) {
+    const token = getToken();
+    let res;
+    try {
+      res = await fetch(withQuery(path, query), {
+        headers: token ? { Authorization: `Bearer ${token}` } : {},
+        credentials: 'same-origin',
+        cache: 'no-store',
+      });
+    } catch {
+      throw new ApiError(0, 'network', 'Cannot reach the server.');
+    }
+    if (!res.ok) throw errorOf(res.status, res.statusText, await res.text(), token);
+    return res.blob();
+  }
+
+  /**
+   * POST of a FormData with upload progress (fetch reports none): `onProgress(loaded, total)`
+   * as the bytes go; resolves to the JSON answer, rejects with an ApiError.
+   */
+  function upload(path, form, onProgress) {
+    const token = getToken();
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', path);
+      xhr.setRequestHeader('Accept', 'application/json');
+      if (token) xhr.setRequestHeader('Authorization', `Bearer ${token}`);
+      if (onProgress) {
+        xhr.upload.addEventListener('progress', (e) => {
+          if (e.lengthComputable) onProgress(e.loaded, e.total);
+        });
       }
-    }
-    if (!res.ok) {
-      const err = (data && data.error) || {};
-      if (res.status === 401 && token) onUnauthenticated?.();
-      throw new ApiError(res.status, err.code || `http_${res.status}`,
-        err.message || res.statusText || 'Request failed', err.details);
-    }
-    return data;
+      xhr.addEventListener('load', () => {
+        if (xhr.status >= 200 && xhr.status < 300) {
+          try {
+            resolve(xhr.responseText ? JSON.parse(xhr.responseText) : null);
+          } catch {
+            reject(new ApiError(xhr.status, 'invalid_response', 'The server answered something unexpected.'));
+          }
+        } else {
+          reject(errorOf(xhr.status, xhr.statusText, xhr.responseText, token));
+        }
+      });
+      // A server that refuses a large body early may close the connection mid-upload.
+      xhr.addEventListener('error', () =>
+        reject(new ApiError(0, 'network', 'The upload did not go through (is the file too large?).')));
+      xhr.addEventListener('abort', () => reject(new ApiError(0, 'aborted', 'The upload was cancelled.')));
+      xhr.send(form);
+    });
   }
 
   // Follows `next` cursors of a `{items, next}` list.
@@ -106,19 +163,11 @@ export function createApi(getToken, onUnauthenticated) {
       request('GET', `/api/v1/invites/${encodeURIComponent(token)}`, { auth: false }),
     acceptInvite: (token, body) =>
       request('POST', `/api/v1/invites/${encodeURIComponent(token)}/accept`, { auth: false, body }),
-    async fileBlob(fileId) {
-      const token = getToken();
-      let res;
-      try {
-        res = await fetch(`/api/v1/files/${encodeURIComponent(fileId)}`, {
-          headers: token ? { Authorization: `Bearer ${token}` } : {},
-          cache: 'no-store',
-        });
-      } catch {
-        throw new ApiError(0, 'network', 'Cannot reach the server.');
-      }
-      if (!res.ok) throw new ApiError(res.status, `http_${res.status}`, 'File unavailable');
-      return res.blob();
-    },
+    recall: (messageId) =>
+      request('POST', `/api/v1/messages/${encodeURIComponent(messageId)}/recall`),
+    // Files and exports need the Bearer header, so a plain link cannot fetch them.
+    fileBlob: (fileId) => blob(`/api/v1/files/${encodeURIComponent(fileId)}`),
+    blob,
+    upload,
   };
 }

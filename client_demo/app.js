@@ -4,9 +4,10 @@
 // The entry module: it creates the state, the HTTP API and the websocket, hands live frames
 // to the views and to sync.js, and wires the views together. One module per view or concern:
 // state.js (data), sync.js (events, sync, outbox), inbox.js, conversation.js, session.js,
-// and the panes (org.js, directory.js, numbers.js, import.js, new-conversation.js).
+// and the panes (org.js, audit.js, directory.js, numbers.js, import.js, new-conversation.js).
 
 import { ApiError, createApi } from './api.js';
+import { createAuditView } from './audit.js';
 import { createConversationView } from './conversation.js';
 import { createDirectory } from './directory.js';
 import { invitees } from './externals.js';
@@ -340,6 +341,8 @@ function renderHeader() {
   setText($('org-name'), state.org ? state.org.name || '' : '');
   setText($('me-name'), state.me ? state.me.name || state.me.email || '' : '');
   show($('org-open'), Boolean(state.me && state.me.role === 'admin'));
+  show($('audit-open'), Boolean(state.me && state.me.role === 'admin'
+    && (!state.me.kind || state.me.kind === 'member')));
   show($('directory-open'), Boolean(state.me && (!state.me.kind || state.me.kind === 'member')));
 }
 
@@ -358,15 +361,23 @@ function renderStatus(s) {
 }
 
 // ---------------------------------------------------------------------------
-// Panes over the conversation: Organisation, Directory, Phone numbers (one at a time)
+// Panes over the conversation: Organisation, Audit, Directory, Phone numbers (one at a time)
 
 const orgPanel = createOrgPanel(api, { me: () => state.me, toast: (m) => toast(m) });
 
+const auditView = createAuditView(api, {
+  me: () => state.me,
+  session: () => state.session,
+  toast: (m) => toast(m),
+});
+
 function openPane(name) {
   if (name !== 'org') orgPanel.close();
+  if (name !== 'audit') auditView.close();
   if (name !== 'directory') directory.close();
   if (name !== 'numbers') numbersPanel.close();
   if (name === 'org') orgPanel.open();
+  else if (name === 'audit') auditView.open();
   else if (name === 'directory') directory.open();
   else if (name === 'numbers') numbersPanel.open();
 }
@@ -374,6 +385,7 @@ function openPane(name) {
 // Opening a conversation closes them: they lie over it.
 function closePanes() {
   orgPanel.close();
+  auditView.close();
   directory.close();
   numbersPanel.close();
 }
@@ -433,6 +445,7 @@ const newConversation = createNewConversation(api, {
 /** At login and logout: nothing of the previous user stays, in the state or on screen. */
 function resetState() {
   orgPanel.close();
+  auditView.reset();
   directory.reset();
   numbersPanel.reset();
   importDialog.reset();
@@ -445,6 +458,8 @@ function resetState() {
 function init() {
   $('org-open').addEventListener('click', () => openPane('org'));
   $('org-close').addEventListener('click', () => orgPanel.close());
+  $('audit-open').addEventListener('click', () => openPane('audit'));
+  $('audit-close').addEventListener('click', () => auditView.close());
   $('directory-open').addEventListener('click', () => openPane('directory'));
   $('conn-status').addEventListener('click', () => {
     if (rt.state === 'waiting') rt.connect();

@@ -2,7 +2,8 @@
 // their receipts and deliveries, what is still being sent, who is typing, and the composer;
 // opening and closing it (with the `#c=<id>` address). app.js renders it with the rest.
 
-import { el } from './dom.js';
+import { createAttach } from './attach.js';
+import { el, formatSize, saveBlob } from './dom.js';
 import {
   EXTERNAL_NOTICE,
   hasOutsiders,
@@ -11,6 +12,7 @@ import {
   outsideMark,
   peopleNodes,
 } from './externals.js';
+import { canRecall, createMessageActions } from './message-actions.js';
 import { createPatientView } from './patient-view.js';
 import { conversationTitle, formatTime, joinNames, nameOf, sortedEvents, viewer } from './state.js';
 import { $, setText, show } from './ui.js';
@@ -21,12 +23,6 @@ const TYPING_SEND_EVERY_MS = 3000;
 export function conversationFromHash() {
   const m = /^#c=(.+)$/.exec(window.location.hash);
   return m ? decodeURIComponent(m[1]) : null;
-}
-
-function formatSize(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
 /**
@@ -44,12 +40,32 @@ function formatSize(n) {
  */
 export function createConversationView(api, state, rt, sync, ctx) {
   const { renderChannelNotice, patientViewed } = createPatientView(api, state, ctx);
+  const actions = createMessageActions(api, state, sync, {
+    toast: (m) => ctx.toast(m),
+    afterRecall: () => $('composer').focus(),
+  });
+  const attach = createAttach(api, state, sync, {
+    changed: () => {
+      ctx.render();
+      updateSendButton();
+    },
+    restoreText: (rec, text) => {
+      // A refused file gives its text back to the box it came from, unless typed over.
+      if (state.activeId === rec.id) {
+        if (!$('composer').value.trim()) $('composer').value = text;
+      } else if (!rec.draft.trim()) rec.draft = text;
+      updateSendButton();
+    },
+    toast: (m) => ctx.toast(m),
+  });
 
   function renderConversation() {
     const rec = state.activeId && state.convs.get(state.activeId);
     document.querySelector('.app').classList.toggle('has-active', Boolean(rec));
     show($('conv-placeholder'), !rec);
     show($('conv-pane'), Boolean(rec));
+    attach.render(rec);
+    updateSendButton();
     if (!rec) return;
 
     setText($('conv-title'), conversationTitle(state, rec));
@@ -85,10 +101,11 @@ export function createConversationView(api, state, rt, sync, ctx) {
     for (const ev of sortedEvents(rec)) {
       const seen = ev.kind === 'message' && !ev.recalled ? seenBy(rec, ev) : [];
       const viewedBy = viewed && viewed.eventId === ev.id ? viewed.name : null;
+      const menu = canRecall(state, rec, ev);
       entries.push({
         key: `e:${ev.id}`,
         sig: JSON.stringify([ev.seq, ev.recalled, ev.body, ev.attachments, ev.deliveries, seen,
-          ev.sender && ev.sender.name, state.me && state.me.id, rec.data.org_name, viewedBy]),
+          ev.sender && ev.sender.name, state.me && state.me.id, rec.data.org_name, viewedBy, menu]),
         build: () => renderEvent(rec, ev, seen, viewedBy),
       });
     }
@@ -121,7 +138,13 @@ export function createConversationView(api, state, rt, sync, ctx) {
       let cached = messageNodes.get(entry.key);
       if (!cached || cached.sig !== entry.sig) {
         const node = entry.build();
-        if (cached) cached.node.replaceWith(node);
+        if (cached) {
+          // A rebuilt message keeps the keyboard focus on its control (data-focus-key).
+          const focused = document.activeElement;
+          const key = cached.node.contains(focused) && focused.dataset.focusKey;
+          cached.node.replaceWith(node);
+          if (key) node.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
+        }
         cached = { sig: entry.sig, node };
         messageNodes.set(entry.key, cached);
       }
@@ -181,6 +204,8 @@ export function createConversationView(api, state, rt, sync, ctx) {
         el('time', { datetime: ev.created_at || '', title: ev.created_at || '' }, formatTime(ev.created_at)),
       ),
     ];
+    const menu = actions.menuFor(rec, ev);
+    if (menu) children.push(menu);
     if (ev.recalled) {
       children.push(el('div', { class: 'body recalled', 'data-testid': 'message-body' }, 'Message recalled'));
     } else {
@@ -191,17 +216,26 @@ export function createConversationView(api, state, rt, sync, ctx) {
           el(
             'ul',
             { class: 'attachments', 'aria-label': 'Attachments' },
-            files.map((f) =>
-              el(
+            files.map((f) => {
+              const label = `${f.name || 'file'}${f.size ? ` (${formatSize(f.size)})` : ''}`;
+              return el(
                 'li',
                 {},
                 el(
                   'button',
-                  { type: 'button', class: 'link', onclick: () => downloadFile(f) },
-                  `${f.name || 'file'}${f.size ? ` (${formatSize(f.size)})` : ''}`,
+                  {
+                    type: 'button',
+                    class: 'link attachment',
+                    'aria-label': `Download ${label}`,
+                    'data-testid': 'attachment',
+                    'data-file-id': f.id,
+                    'data-focus-key': `file:${f.id}`,
+                    onclick: (e) => downloadFile(f, e.currentTarget),
+                  },
+                  label,
                 ),
-              ),
-            ),
+              );
+            }),
           ),
         );
       }
@@ -225,7 +259,7 @@ export function createConversationView(api, state, rt, sync, ctx) {
     return el(
       'li',
       {
-        class: `message ${mine ? 'mine' : 'theirs'}`,
+        class: `message ${mine ? 'mine' : 'theirs'}${menu ? ' has-actions' : ''}`,
         'data-testid': 'message',
         'data-event-id': ev.id,
         'data-seq': ev.seq,
@@ -314,17 +348,17 @@ export function createConversationView(api, state, rt, sync, ctx) {
     show(node, true);
   }
 
-  async function downloadFile(file) {
+  // The API wants the Bearer header: fetch the bytes, then save them under the file's name.
+  async function downloadFile(file, button) {
+    if (button.getAttribute('aria-busy') === 'true') return;
+    button.setAttribute('aria-busy', 'true');
     try {
-      const blob = await api.fileBlob(file.id);
-      const url = URL.createObjectURL(blob);
-      const a = el('a', { href: url, download: file.name || 'file' });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      saveBlob(await api.fileBlob(file.id), file.name || 'file');
     } catch (err) {
-      ctx.toast(err.message || 'Could not download the file.');
+      ctx.toast(`Could not download ${file.name || 'the file'}: ${err.status === 404
+        ? 'it is no longer available (recalled or removed)' : err.message}`);
+    } finally {
+      button.removeAttribute('aria-busy');
     }
   }
 
@@ -338,11 +372,9 @@ export function createConversationView(api, state, rt, sync, ctx) {
     const composer = $('composer');
     const previous = state.activeId && state.convs.get(state.activeId);
     if (previous && previous.id !== id) previous.draft = composer.value;
-    if (state.activeId !== id) {
-      composer.value = rec.draft || '';
-      updateSendButton();
-    }
+    if (state.activeId !== id) composer.value = rec.draft || '';
     state.activeId = id;
+    updateSendButton();
     const hash = `#c=${encodeURIComponent(id)}`;
     if (window.location.hash !== hash) window.history.replaceState(null, '', hash);
     ctx.render();
@@ -375,15 +407,25 @@ export function createConversationView(api, state, rt, sync, ctx) {
   // Composer
 
   function updateSendButton() {
-    $('send').disabled = !state.activeId || $('composer').value.trim() === '';
+    const rec = state.activeId && state.convs.get(state.activeId);
+    $('send').disabled = !rec || attach.busy(rec)
+      || ($('composer').value.trim() === '' && !attach.ready(rec));
+    $('attach-file').disabled = !rec || attach.busy(rec);
   }
 
   function onComposerSubmit(event) {
     event.preventDefault();
     const composer = $('composer');
     const body = composer.value.trim();
-    if (!body || !state.activeId) return;
-    sync.sendMessage(state.activeId, body);
+    const rec = state.activeId && state.convs.get(state.activeId);
+    if (!rec || attach.busy(rec)) return;
+    if (attach.ready(rec)) {
+      attach.send(rec, body); // the text goes with the file, as one message
+    } else if (body) {
+      sync.sendMessage(state.activeId, body);
+    } else {
+      return;
+    }
     composer.value = '';
     state.lastTypingSent.delete(state.activeId);
     updateSendButton();
@@ -424,6 +466,8 @@ export function createConversationView(api, state, rt, sync, ctx) {
     close: closeConversation,
     /** At login and logout: no message of the previous user stays in the page. */
     reset() {
+      actions.close();
+      attach.reset();
       messageNodes.clear();
       $('messages').replaceChildren();
       delete $('messages').dataset.conversationId;

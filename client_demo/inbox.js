@@ -165,7 +165,11 @@ export function createInbox(api, state, ctx) {
       let preview = '';
       if (last) {
         const who = last.sender ? nameOf(state, rec, last.sender.id) : '';
-        const text = last.recalled ? 'Message recalled' : (last.body || '').replace(/\s+/g, ' ');
+        const files = Array.isArray(last.attachments) ? last.attachments : [];
+        const text = last.recalled
+          ? 'Message recalled'
+          : (last.body || (files.length ? `Attachment: ${files.map((f) => f.name).join(', ')}` : ''))
+            .replace(/\s+/g, ' ');
         preview = who ? `${who}: ${text}` : text;
       }
       const others = participantsOf(rec)

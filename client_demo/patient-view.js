@@ -44,7 +44,7 @@ export function createPatientView(api, state, ctx) {
 
   async function switchChannel(rec, channel, select) {
     try {
-      const updated = await api.request('PATCH', `/api/v1/conversations/${rec.id}`, { channel });
+      const updated = await api.request('PATCH', `/api/v1/conversations/${rec.id}`, { body: { channel } });
       rec.data.channel = updated.channel;
     } catch (err) {
       select.value = rec.data.channel || 'secure_sms';

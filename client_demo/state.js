@@ -74,6 +74,7 @@ function newRecord(conv) {
     recalledIds: new Set(), // targets of recall events
     lastMessage: null, // newest message event, for the inbox preview
     draft: '',
+    upload: null, // a file staged or being sent from the composer (attach.js)
     readSent: 0,
     touched: 0, // inbox order: server order first, then live activity
     inviteLinks: new Map(), // email -> link, from our own create answer when no mail is sent

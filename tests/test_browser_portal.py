@@ -102,7 +102,7 @@ async def test_secure_sms_portal_reply_and_patient_viewed(live_server, twilio: F
             "Viewed by Paula Patient")
 
         await patient_page.get_by_label("Your reply").fill("Thanks, I will call tomorrow.")
-        await patient_page.get_by_role("button", name="Send").click()
+        await patient_page.get_by_role("button", name="Send", exact=True).click()
         await expect(patient_page.locator("#messages")).to_contain_text(
             "Thanks, I will call tomorrow.")
         reply = staff.get_by_test_id("message").filter(has_text="Thanks, I will call tomorrow.")

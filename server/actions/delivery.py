@@ -62,8 +62,8 @@ PATIENT_REMINDER = "patient_reminder"  # the outbox purpose of an unread reminde
 
 
 def delivery_view(d: Delivery) -> dict[str, Any]:
-    view = {"recipient_id": d.patient_id, "channel": d.channel, "status": d.status,
-            "at": iso(d.updated_at)}
+    view = {"recipient_id": d.patient_id, "channel": d.channel, "mode": d.mode,
+            "status": d.status, "at": iso(d.updated_at)}
     if d.fallback:
         view["fallback"] = True
     if d.error and d.status in ("failed", "undelivered"):
