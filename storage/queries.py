@@ -542,10 +542,47 @@ async def sms_in_flight(conn: BaseDBAsyncClient, to: str, from_number: str) -> l
     return [row["id"] for row in rows]
 
 
-async def ensure_audit_head(conn: BaseDBAsyncClient, org_id: str, genesis: str) -> None:
-    """An organisation's audit chain head, created empty on its first entry (two nodes
-    doing so at once: one insert wins, the other does nothing)."""
+AUDIT_COLUMNS = ("id", "org_id", "seq", "at", "actor_id", "actor_kind", "action",
+                 "target_kind", "target_id", "patient_id", "ip", "user_agent", "details",
+                 "prev_hash", "hash")
+
+
+async def lock_audit_head(conn: BaseDBAsyncClient, org_id: str, genesis: str
+                          ) -> tuple[int, str]:
+    """Inside a transaction: an organisation's audit chain head (created empty on its
+    first entry), locked until the commit on PostgreSQL (SQLite has one writer);
+    (last seq, last hash)."""
     sql = Sql(conn)
     await sql.run("INSERT INTO audit_heads (org_id, seq, hash) VALUES"
                   f" ({sql.param(org_id)}, 0, {sql.param(genesis)})"
                   " ON CONFLICT (org_id) DO NOTHING")
+    lock = " FOR UPDATE" if sql.postgres else ""
+    rows = await sql.rows(f"SELECT seq, hash FROM audit_heads WHERE org_id = {sql.param(org_id)}"
+                          f"{lock}")
+    return int(rows[0]["seq"]), rows[0]["hash"]
+
+
+async def insert_audit_entries(conn: BaseDBAsyncClient, rows: Sequence[dict[str, Any]]
+                               ) -> None:
+    """One multi-row INSERT for a batch of audit entries."""
+    if not rows:
+        return
+    sql = Sql(conn)
+    groups = []
+    for row in rows:
+        values = [sql.param(sql.moment(row[c]) if c == "at" else row[c])
+                  for c in AUDIT_COLUMNS[:-3]]
+        details = sql.param(json.dumps(row["details"]))
+        # Text into jsonb explicitly (asyncpg would otherwise encode the text as a string).
+        values.append(f"CAST({details}::text AS jsonb)" if sql.postgres else details)
+        values += [sql.param(row["prev_hash"]), sql.param(row["hash"])]
+        groups.append(f"({', '.join(values)})")
+    await sql.run(f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)})"
+                  f" VALUES {', '.join(groups)}")
+
+
+async def move_audit_head(conn: BaseDBAsyncClient, org_id: str, seq: int, digest: str
+                          ) -> None:
+    sql = Sql(conn)
+    await sql.run(f"UPDATE audit_heads SET seq = {sql.param(seq)}, hash = {sql.param(digest)}"
+                  f" WHERE org_id = {sql.param(org_id)}")
