@@ -212,33 +212,41 @@ async def test_the_trail_filters_exports_and_verifies(live_server: LiveServer,
     # The chain verifies; an edited row, a removed row and a removed tail are caught.
     env = {**os.environ, "DATABASE_URL": database_url}
 
-    def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "server", "audit", "verify"], env=env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    async def verify() -> subprocess.CompletedProcess[str]:
+        return await server_command("audit", "verify", env=env)
 
-    ok = verify()
+    ok = await verify()
     assert ok.returncode == 0, ok.stdout + ok.stderr
     org = admin.user["org_id"]
     # The server runs in this process: its ORM connection is this test's too.
     second_entry = await AuditEntry.get(org_id=org, seq=2)
     await AuditEntry.filter(id=second_entry.id).update(action="auth.logout")
-    bad = verify()
+    bad = await verify()
     assert bad.returncode == 1 and f"organisation {org} at entry 2" in bad.stdout
     assert "edited" in bad.stdout
     await AuditEntry.filter(id=second_entry.id).update(action=second_entry.action)
-    assert verify().returncode == 0
+    assert (await verify()).returncode == 0
     await AuditEntry.filter(id=second_entry.id).delete()
-    assert "entry 2 is missing" in verify().stdout
+    assert "entry 2 is missing" in (await verify()).stdout
     await AuditEntry.create(**{f: getattr(second_entry, f) for f in (
         "id", "org_id", "seq", "at", "actor_id", "actor_kind", "action", "target_kind",
         "target_id", "patient_id", "ip", "user_agent", "details", "prev_hash", "hash")})
     head = await AuditHead.get(org_id=org)
     last = await AuditEntry.get(org_id=org, seq=head.seq)
     await last.delete()
-    tail = verify()
+    tail = await verify()
     assert tail.returncode == 1 and "removed from its end" in tail.stdout
     checked, broken = await audit.verify(org)
     assert [b.org_id for b in broken] == [org]
+
+
+async def server_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m server ARGS` in its own process, without blocking this test's event
+    loop: the live server runs on it, and a tool waiting on a row lock the server holds
+    (the audit chain's head) would otherwise wait for ever."""
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "server", *args], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=60)
 
 
 async def _settled(live: LiveServer, admin: Session, at_least: int) -> list[dict]:
@@ -273,8 +281,7 @@ async def test_retention_empties_old_content_and_keeps_the_chain(
     await Event.filter(id__in=[old["id"], old_file["id"]]).update(created_at=long_ago)
     env = {**os.environ, "DATABASE_URL": database_url,
            "BLOOMTEXT_DATA_DIR": str(live.settings.data_dir)}
-    done = subprocess.run([sys.executable, "-m", "server", "purge"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = await server_command("purge", env=env)
     assert done.returncode == 0 and "2 message(s) emptied" in done.stdout, done.stderr
     r = await live.http.get(f"/api/v1/conversations/{cid}/events", headers=member.headers)
     shown = {e["id"]: e for e in r.json()["events"]}
@@ -287,6 +294,5 @@ async def test_retention_empties_old_content_and_keeps_the_chain(
     assert not [p for p in (live.settings.data_dir / "blobs").rglob("*") if p.is_file()]
     [purge] = await trail(live, admin, action="retention.purge")
     assert purge["actor"]["kind"] == "system" and purge["details"]["messages"] == 2
-    verified = subprocess.run([sys.executable, "-m", "server", "audit", "verify"], env=env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    verified = await server_command("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stdout
